@@ -1,0 +1,38 @@
+# Two commands on a fresh machine with only python3:  make demo  and  make test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck check-tests install bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m encharge_async demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check encharge_async tests benchmarks
+	$(BIN)/ruff format --check encharge_async tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check-tests: $(STAMP)
+	$(BIN)/pytest --cov --cov-report=term
+
+test: lint typecheck check-tests
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,57 @@
+"""encharge_async: an asyncio client for the Encharge Ingest API.
+
+```python
+async with AsyncEncharge(write_key="...") as encharge:
+    await encharge.track("Registered user", email="jon@example.com")
+```
+"""
+
+from ._client import AsyncEncharge
+from ._events import Event
+from ._exceptions import (
+    ClientClosedError,
+    ConfigurationError,
+    DeliveryError,
+    EnchargeError,
+    EventLoopError,
+    QueueFullError,
+    ValidationError,
+)
+from ._sender import USER_AGENT
+from ._stats import FlushResult, Stats
+from ._types import DropReason, OnDelivered, OnDrop, OnError, Overflow, RetryWait
+from ._version import __version__
+
+__all__ = [
+    "USER_AGENT",
+    "AsyncEncharge",
+    "ClientClosedError",
+    "ConfigurationError",
+    "DeliveryError",
+    "DropReason",
+    "EnchargeError",
+    "Event",
+    "EventLoopError",
+    "FlushResult",
+    "OnDelivered",
+    "OnDrop",
+    "OnError",
+    "Overflow",
+    "QueueFullError",
+    "RetryWait",
+    "Stats",
+    "ValidationError",
+    "__version__",
+]
+
+# Objects show up as encharge_async.X in reprs, tracebacks and docs, as httpx does it.
+for _name in __all__:
+    if not _name.startswith("__") and _name != "USER_AGENT":
+        _obj = globals()[_name]
+        if getattr(_obj, "__module__", "").startswith("encharge_async."):
+            _obj.__module__ = __name__
+del _name, _obj
+
+import logging as _logging  # noqa: E402
+
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())

@@ -1,0 +1,972 @@
+"""AsyncEncharge: enqueue on the caller's line, deliver from a background worker."""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import logging
+import os
+import time
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Final
+
+import anyio
+import httpx
+
+from . import _config
+from ._constants import (
+    DEFAULT_BLOCK_TIMEOUT,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_RETRY_TIME,
+    DEFAULT_OVERFLOW,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    DROP_WARNING_INTERVAL,
+    TRANSPORT_CLOSE_TIMEOUT,
+)
+from ._events import (
+    DELIVERED,
+    DROPPED,
+    FAILED,
+    IN_FLIGHT,
+    QUEUED,
+    Event,
+    build_alias,
+    build_group,
+    build_identify,
+    build_track,
+)
+from ._exceptions import (
+    ClientClosedError,
+    ConfigurationError,
+    DeliveryError,
+    EventLoopError,
+    QueueFullError,
+)
+from ._ordering import Lanes
+from ._retry import RetryPolicy, default_wait
+from ._runtime import LoopBinding, bind_current_loop, no_loop_error
+from ._sender import Attempt, Outcome, Sender
+from ._stats import FlushResult, Stats
+from ._types import DropReason, OnDelivered, OnDrop, OnError, Overflow, RetryWait
+
+__all__ = ["AsyncEncharge"]
+
+logger = logging.getLogger("encharge_async")
+
+
+class ClientState(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+_OPEN: Final = ClientState.OPEN
+
+
+class _FlushWaiter:
+    """Counts down the events a flush() waits for: those enqueued before it was called."""
+
+    __slots__ = ("delivered", "done", "dropped", "failed", "remaining", "target")
+
+    def __init__(self, target: int, remaining: int) -> None:
+        self.target = target
+        self.remaining = remaining
+        self.delivered = self.failed = self.dropped = 0
+        self.done = anyio.Event()
+
+    def record(self, state: int) -> None:
+        if state == DELIVERED:
+            self.delivered += 1
+        elif state == FAILED:
+            self.failed += 1
+        else:
+            self.dropped += 1
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done.set()
+
+    def result(self) -> FlushResult:
+        return FlushResult(self.delivered, self.failed, self.dropped, self.remaining)
+
+
+_live_clients: weakref.WeakSet[AsyncEncharge] = weakref.WeakSet()
+
+
+class AsyncEncharge:
+    """An asyncio (and trio) client for the Encharge Ingest API.
+
+    Calls validate and serialise the event on the caller's line, queue it, and return; a
+    background worker owned by the client delivers the queue concurrently, retrying with
+    backoff, keeping each person's events in order. Use it as an async context manager, or
+    call `aclose()` from the application's shutdown (lifespan) code.
+
+    Raises:
+        ConfigurationError: a missing or empty write key, a plain-http endpoint that is not
+            loopback, a non-positive size, an unknown overflow policy or an async hook.
+    """
+
+    def __init__(
+        self,
+        write_key: str | None = None,
+        *,
+        endpoint: str | httpx.URL | None = None,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        overflow: Overflow = DEFAULT_OVERFLOW,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_retry_time: float = DEFAULT_MAX_RETRY_TIME,
+        timeout: float = DEFAULT_TIMEOUT,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_error: OnError | None = None,
+        on_drop: OnDrop | None = None,
+        on_delivered: OnDelivered | None = None,
+        retry_wait: RetryWait | None = None,
+    ) -> None:
+        self._write_key = _config.resolve_write_key(write_key)
+        self._url = _config.resolve_endpoint(endpoint)
+        self._max_queue_size = _config.check_positive_int("max_queue_size", max_queue_size)
+        self._max_queue_bytes = _config.check_positive_int("max_queue_bytes", max_queue_bytes)
+        self._max_event_bytes = _config.check_positive_int("max_event_bytes", max_event_bytes)
+        if self._max_event_bytes > self._max_queue_bytes:
+            raise ConfigurationError(
+                f"max_event_bytes={max_event_bytes} is larger than max_queue_bytes="
+                f"{max_queue_bytes}: such an event could never be queued"
+            )
+        self._overflow = _config.check_overflow(overflow)
+        self._max_concurrency = _config.check_positive_int("max_concurrency", max_concurrency)
+        self._timeout = _config.check_seconds("timeout", timeout)
+        self._shutdown_timeout = _config.check_seconds(
+            "shutdown_timeout", shutdown_timeout, allow_zero=True
+        )
+        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+            raise ConfigurationError(
+                f"transport must be an httpx.AsyncBaseTransport, got {type(transport).__name__}"
+            )
+        self._user_transport = transport
+        self._on_error = _config.check_hook("on_error", on_error)
+        self._on_drop = _config.check_hook("on_drop", on_drop)
+        self._on_delivered = _config.check_hook("on_delivered", on_delivered)
+        self._policy = RetryPolicy(
+            wait=retry_wait if retry_wait is not None else default_wait(),
+            max_retries=_config.check_non_negative_int("max_retries", max_retries),
+            max_retry_time=_config.check_seconds("max_retry_time", max_retry_time),
+        )
+        self._state = ClientState.UNOPENED
+        self._close_result: FlushResult | None = None
+        self._reset()
+        _live_clients.add(self)
+
+    def _reset(self) -> None:
+        """Fresh queue, counters and runtime state (at construction, and in a forked child)."""
+        self._binding: LoopBinding | None = None
+        self._loop_token: object = None
+        self._queued: OrderedDict[Event, None] = OrderedDict()
+        self._queued_bytes = 0
+        self._in_flight: set[Event] = set()
+        self._lanes = Lanes()
+        self._retry_heap: list[tuple[float, int, Event]] = []
+        self._flush_waiters: list[_FlushWaiter] = []
+        self._paused_until = 0.0
+        self._close_deadline = 0.0
+        self._enqueued = self._delivered = self._failed = self._dropped = self._retried = 0
+        self._drops_unreported = 0
+        self._last_drop_warning = -DROP_WARNING_INTERVAL
+        self._transport: httpx.AsyncBaseTransport | None = None
+        self._sender: Sender | None = None
+        # Events heading all their lanes, and the idle workers waiting for one.
+        self._ready: deque[Event] = deque()
+        self._idle_workers: deque[anyio.Event] = deque()
+        self._space: anyio.Event | None = None
+        self._timer_wakeup: anyio.Event | None = None
+        self._closing: anyio.Event | None = None
+        self._runner_scope: anyio.CancelScope | None = None
+        self._runner_done: anyio.Event | None = None
+        self._runner: object = None
+
+    # -- public API ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncEncharge:
+        self._enter_loop()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return (
+            f"<AsyncEncharge endpoint={str(self._url)!r} state={self._state.value} "
+            f"queued={len(self._queued)} in_flight={len(self._in_flight)}>"
+        )
+
+    @property
+    def endpoint(self) -> str:
+        """The URL events are posted to."""
+        return str(self._url)
+
+    @property
+    def stats(self) -> Stats:
+        """A snapshot of the client's counters (see `Stats`)."""
+        return Stats(
+            enqueued=self._enqueued,
+            delivered=self._delivered,
+            failed=self._failed,
+            dropped=self._dropped,
+            retried=self._retried,
+            queued=len(self._queued),
+            in_flight=len(self._in_flight),
+            queued_bytes=self._queued_bytes,
+        )
+
+    async def track(
+        self,
+        name: str,
+        *,
+        email: str | None = None,
+        user_id: str | int | None = None,
+        user: Mapping[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
+        source_ip: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> str:
+        """Queue an event about a person; return its message id.
+
+        `email` / `user_id` identify the person (at least one, here or in `user`); other
+        `user` fields update the person; `properties` describe the event. With `wait=True`,
+        return only once Encharge accepted it. `timeout` bounds the wait for room (under
+        `overflow="block"`) and for delivery (with `wait=True`).
+
+        Raises:
+            ValidationError: the event is invalid (the message names the field).
+            ClientClosedError: the client is closing or closed.
+            QueueFullError: no room before `timeout` under `overflow="block"`, or, with
+                `wait=True`, the event was dropped because the queue was full.
+            DeliveryError: with `wait=True`, the event was refused or given up on.
+            TimeoutError: with `wait=True`, no outcome within `timeout`.
+        """
+        event = build_track(
+            name,
+            email=email,
+            user_id=user_id,
+            user=user,
+            properties=properties,
+            source_ip=source_ip,
+            max_bytes=self._max_event_bytes,
+        )
+        return await self._submit(event, wait, timeout)
+
+    async def identify(
+        self,
+        *,
+        email: str | None = None,
+        user_id: str | int | None = None,
+        user: Mapping[str, Any] | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> str:
+        """Queue a create-or-update of a person's fields; return its message id.
+
+        Raises the same errors as `track`.
+        """
+        event = build_identify(
+            email=email, user_id=user_id, user=user, max_bytes=self._max_event_bytes
+        )
+        return await self._submit(event, wait, timeout)
+
+    async def alias(
+        self,
+        *,
+        previous_email: str | None = None,
+        previous_user_id: str | int | None = None,
+        email: str | None = None,
+        user_id: str | int | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> str:
+        """Queue a change of a person's email and/or user id; return its message id.
+
+        It is delivered after everything queued before it for the previous identifiers, and
+        before everything queued after it for the new ones. Raises the same errors as `track`.
+        """
+        event = build_alias(
+            previous_email=previous_email,
+            previous_user_id=previous_user_id,
+            email=email,
+            user_id=user_id,
+            max_bytes=self._max_event_bytes,
+        )
+        return await self._submit(event, wait, timeout)
+
+    async def group(
+        self,
+        object_type: str,
+        properties: Mapping[str, Any],
+        *,
+        email: str | None = None,
+        user_id: str | int | None = None,
+        user: Mapping[str, Any] | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> str:
+        """Queue a create-or-update of a custom object (a company, say); return its message id.
+
+        `properties` holds the object's fields (`externalId` or `id` to update one); a person
+        given by `email` / `user_id` / `user` is associated with it. Raises the same errors
+        as `track`.
+        """
+        event = build_group(
+            object_type,
+            properties,
+            email=email,
+            user_id=user_id,
+            user=user,
+            max_bytes=self._max_event_bytes,
+        )
+        return await self._submit(event, wait, timeout)
+
+    def track_nowait(
+        self,
+        name: str,
+        *,
+        email: str | None = None,
+        user_id: str | int | None = None,
+        user: Mapping[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
+        source_ip: str | None = None,
+    ) -> str:
+        """`track` for plain functions: queue the event without awaiting; return its id.
+
+        Call it on the client's event loop, or from another thread while that loop runs.
+
+        Raises:
+            ValidationError: the event is invalid.
+            ClientClosedError: the client is closing or closed.
+            QueueFullError: the queue is full under `overflow="block"` (no waiting here).
+            EventLoopError: called from a different event loop, or before the client was
+                started when no loop is running.
+        """
+        event = build_track(
+            name,
+            email=email,
+            user_id=user_id,
+            user=user,
+            properties=properties,
+            source_ip=source_ip,
+            max_bytes=self._max_event_bytes,
+        )
+        self._put_nowait(event)
+        return event.message_id
+
+    def identify_nowait(
+        self,
+        *,
+        email: str | None = None,
+        user_id: str | int | None = None,
+        user: Mapping[str, Any] | None = None,
+    ) -> str:
+        """`identify` for plain functions; raises like `track_nowait`."""
+        event = build_identify(
+            email=email, user_id=user_id, user=user, max_bytes=self._max_event_bytes
+        )
+        self._put_nowait(event)
+        return event.message_id
+
+    def alias_nowait(
+        self,
+        *,
+        previous_email: str | None = None,
+        previous_user_id: str | int | None = None,
+        email: str | None = None,
+        user_id: str | int | None = None,
+    ) -> str:
+        """`alias` for plain functions; raises like `track_nowait`."""
+        event = build_alias(
+            previous_email=previous_email,
+            previous_user_id=previous_user_id,
+            email=email,
+            user_id=user_id,
+            max_bytes=self._max_event_bytes,
+        )
+        self._put_nowait(event)
+        return event.message_id
+
+    def group_nowait(
+        self,
+        object_type: str,
+        properties: Mapping[str, Any],
+        *,
+        email: str | None = None,
+        user_id: str | int | None = None,
+        user: Mapping[str, Any] | None = None,
+    ) -> str:
+        """`group` for plain functions; raises like `track_nowait`."""
+        event = build_group(
+            object_type,
+            properties,
+            email=email,
+            user_id=user_id,
+            user=user,
+            max_bytes=self._max_event_bytes,
+        )
+        self._put_nowait(event)
+        return event.message_id
+
+    async def flush(self, timeout: float | None = None) -> FlushResult:
+        """Wait until every event enqueued so far is delivered, failed or dropped.
+
+        Returns what happened to them, and how many were still pending when `timeout`
+        (default: `shutdown_timeout`) ran out. Events enqueued meanwhile are not waited for.
+
+        Raises:
+            EventLoopError: called from an event loop other than the client's.
+        """
+        if self._state is ClientState.UNOPENED or self._state is ClientState.CLOSED:
+            return FlushResult()
+        self._check_loop()
+        bound = self._shutdown_timeout if timeout is None else timeout
+        return await self._wait_for_enqueued(bound)
+
+    async def aclose(self) -> FlushResult:
+        """Stop accepting events, deliver what is queued within `shutdown_timeout`, close.
+
+        Backoff sleeps are cut short as the deadline nears; what is still undelivered at the
+        deadline is cancelled, counted in `stats.dropped` and reported to `on_drop` with
+        `DropReason.SHUTDOWN`. Returns what happened to the events that were pending.
+        Calling it again returns the same result.
+
+        Raises:
+            EventLoopError: called from an event loop other than the client's.
+        """
+        if self._state is ClientState.CLOSED:
+            return self._close_result or FlushResult()
+        if self._state is ClientState.UNOPENED:
+            self._state = ClientState.CLOSED
+            self._close_result = FlushResult()
+            if self._user_transport is not None:
+                await self._close_transport(self._user_transport)
+            return self._close_result
+        self._check_loop()
+        if self._state is ClientState.CLOSING:
+            # Another task is closing; wait for it within the same bound.
+            assert self._runner_done is not None
+            with anyio.move_on_after(self._shutdown_timeout + TRANSPORT_CLOSE_TIMEOUT + 1):
+                await self._runner_done.wait()
+            return self._close_result or FlushResult()
+        self._begin_closing()
+        drained = FlushResult()
+        try:
+            drained = await self._wait_for_enqueued(self._shutdown_timeout)
+        finally:
+            with anyio.CancelScope(shield=True):
+                left = await self._stop_runner()
+                if self._transport is not None:
+                    await self._close_transport(self._transport)
+                self._state = ClientState.CLOSED
+                result = self._close_result = FlushResult(
+                    delivered=drained.delivered,
+                    failed=drained.failed,
+                    dropped=drained.dropped + left,
+                    pending=0,
+                )
+        logger.debug("client closed: %s", result)
+        return result
+
+    # -- enqueue -----------------------------------------------------------------------------
+
+    async def _submit(self, event: Event, wait: bool, timeout: float | None) -> str:
+        if wait:
+            event._waiter = anyio.Event()
+        if self._overflow == "block":
+            await self._put_blocking(event, DEFAULT_BLOCK_TIMEOUT if timeout is None else timeout)
+        else:
+            self._put_nowait(event)
+        if wait:
+            await self._wait_outcome(event, timeout)
+        return event.message_id
+
+    def _put_nowait(self, event: Event) -> None:
+        """The hot path: checks, bound test, queue. No locks, no I/O, no task."""
+        if (
+            self._state is not _OPEN or self._binding.current() is not self._loop_token  # type: ignore[union-attr]
+        ) and self._enter_loop_or_thread(event):
+            return
+        if (
+            len(self._queued) >= self._max_queue_size
+            or self._queued_bytes + event.size > self._max_queue_bytes
+        ) and not self._make_room(event):
+            return
+        self._accept(event)
+
+    def _enter_loop_or_thread(self, event: Event) -> bool:
+        """Slow path of `_put_nowait`: start the client, or hand the event over from a thread.
+
+        Returns True when the event was handed to another thread's loop.
+        """
+        if self._state is _OPEN:
+            assert self._binding is not None
+            if self._binding.current() is None:
+                # A plain thread (a sync handler in a thread pool): the loop takes it from here.
+                if self._overflow == "block" and self._is_full(event):
+                    raise QueueFullError("the queue is full (overflow='block'; no waiting here)")
+                self._binding.call_soon_threadsafe(self._put_from_thread, event)
+                return True
+            raise self._wrong_loop_error()
+        self._enter_loop()
+        return False
+
+    def _put_from_thread(self, event: Event) -> None:
+        if self._state is not _OPEN:
+            self._drop(event, DropReason.SHUTDOWN)
+        elif not self._is_full(event):
+            self._accept(event)
+        elif self._overflow != "drop_oldest":
+            # The calling thread has moved on; there is nobody left to wait or to raise to.
+            self._drop(event, DropReason.QUEUE_FULL)
+        elif self._make_room(event):
+            self._accept(event)
+
+    def _is_full(self, event: Event) -> bool:
+        return (
+            len(self._queued) >= self._max_queue_size
+            or self._queued_bytes + event.size > self._max_queue_bytes
+        )
+
+    def _make_room(self, event: Event) -> bool:
+        """Apply the overflow policy to a full queue; True when `event` may now be accepted."""
+        if self._overflow == "drop_oldest":
+            queued = self._queued
+            while queued and self._is_full(event):
+                oldest = next(iter(queued))
+                self._unqueue(oldest)
+                self._drop(oldest, DropReason.QUEUE_FULL)
+            if not self._is_full(event):
+                return True
+        elif self._overflow == "block":
+            raise QueueFullError("the queue is full (overflow='block'; use await to wait)")
+        self._drop(event, DropReason.QUEUE_FULL)
+        if event._waiter is not None:
+            raise QueueFullError(
+                f"the queue is full; event {event.name!r} (message id {event.message_id}) "
+                "was dropped"
+            )
+        return False
+
+    def _accept(self, event: Event) -> None:
+        self._enqueued += 1
+        event.seq = self._enqueued
+        self._queued[event] = None
+        self._queued_bytes += event.size
+        if self._lanes.admit(event):
+            self._push_ready(event)
+
+    async def _put_blocking(self, event: Event, timeout: float) -> None:
+        self._put_nowait_or_full(event)
+        if event.seq:
+            return
+        with anyio.move_on_after(timeout):
+            while not event.seq:
+                if self._space is None:
+                    self._space = anyio.Event()
+                await self._space.wait()
+                self._put_nowait_or_full(event)
+        if not event.seq:
+            raise QueueFullError(
+                f"no room in the queue within {timeout:g}s for event {event.name!r}"
+            )
+
+    def _put_nowait_or_full(self, event: Event) -> None:
+        """Accept `event` if it fits; leave `event.seq` at 0 when the queue is full."""
+        if self._state is not _OPEN or self._binding.current() is not self._loop_token:  # type: ignore[union-attr]
+            self._enter_loop()
+        if not self._is_full(event):
+            self._accept(event)
+
+    def _enter_loop(self) -> None:
+        """Start on the running loop, or check that we are on the one we started on."""
+        if self._state is ClientState.UNOPENED:
+            self._start(bind_current_loop())
+        elif self._state is not _OPEN:
+            raise ClientClosedError(f"the client is {self._state.value}; create a new one")
+        else:
+            self._check_loop()
+
+    def _check_loop(self) -> None:
+        assert self._binding is not None
+        if self._binding.current() is not self._loop_token:
+            raise self._wrong_loop_error()
+
+    def _wrong_loop_error(self) -> EventLoopError:
+        assert self._binding is not None
+        if self._binding.current() is None:
+            return no_loop_error()
+        return EventLoopError(
+            "this AsyncEncharge runs on another event loop (it was started there); use one "
+            "client per event loop, for instance one per process created in the app's lifespan"
+        )
+
+    async def _wait_outcome(self, event: Event, timeout: float | None) -> None:
+        if timeout is None:
+            timeout = self._policy.max_retry_time + self._timeout + self._shutdown_timeout
+        with anyio.fail_after(timeout):
+            await event._waiter.wait()
+        if event._error is not None:
+            raise event._error
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _start(self, binding: LoopBinding) -> None:
+        self._binding = binding
+        self._loop_token = binding.token
+        self._closing = anyio.Event()
+        self._runner_scope = anyio.CancelScope()
+        self._runner_done = anyio.Event()
+        transport = self._user_transport
+        if transport is None:
+            transport = httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(
+                    max_connections=self._max_concurrency,
+                    max_keepalive_connections=self._max_concurrency,
+                ),
+            )
+        self._transport = transport
+        self._sender = Sender(transport, self._url, self._write_key, self._timeout)
+        self._state = _OPEN
+        self._runner = binding.spawn(self._run)
+
+    async def _run(self) -> None:
+        assert self._runner_scope is not None
+        assert self._runner_done is not None
+        try:
+            with self._runner_scope:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(self._max_concurrency):
+                        tg.start_soon(self._worker)
+                    tg.start_soon(self._timer)
+        finally:
+            self._runner_done.set()
+
+    def _begin_closing(self) -> None:
+        self._state = ClientState.CLOSING
+        now = anyio.current_time()
+        self._close_deadline = now + self._shutdown_timeout
+        assert self._closing is not None
+        self._closing.set()
+        # Pull every parked retry forward so it gets its last try before the deadline.
+        heap = self._retry_heap
+        if heap:
+            latest = self._latest_start(now)
+            self._retry_heap = [(min(due, latest), seq, ev) for due, seq, ev in heap]
+            heapq.heapify(self._retry_heap)
+            self._wake_timer()
+        if self._space is not None:
+            self._space.set()
+            self._space = None
+
+    def _latest_start(self, now: float) -> float:
+        """During shutdown: the last moment an attempt can start and still finish in time."""
+        return max(now, self._close_deadline - self._timeout)
+
+    async def _stop_runner(self) -> int:
+        """Cancel the worker, then drop (and report) whatever it had not delivered."""
+        assert self._runner_scope is not None
+        assert self._runner_done is not None
+        self._runner_scope.cancel()
+        with anyio.move_on_after(TRANSPORT_CLOSE_TIMEOUT):
+            await self._runner_done.wait()
+        left = [*self._in_flight, *self._queued]
+        self._in_flight.clear()
+        self._queued.clear()
+        self._queued_bytes = 0
+        self._retry_heap.clear()
+        for event in left:
+            if event._state != DROPPED:
+                self._drop(event, DropReason.SHUTDOWN)
+        if left:
+            logger.warning(
+                "shutdown_timeout=%gs ran out: %d undelivered event(s) dropped",
+                self._shutdown_timeout,
+                len(left),
+            )
+        self._ready.clear()
+        return len(left)
+
+    async def _close_transport(self, transport: httpx.AsyncBaseTransport) -> None:
+        with anyio.move_on_after(TRANSPORT_CLOSE_TIMEOUT):
+            try:
+                await transport.aclose()
+            except Exception:
+                logger.warning("closing the HTTP transport failed", exc_info=True)
+
+    async def _wait_for_enqueued(self, timeout: float) -> FlushResult:
+        outstanding = len(self._queued) + len(self._in_flight)
+        if outstanding == 0:
+            return FlushResult()
+        waiter = _FlushWaiter(self._enqueued, outstanding)
+        self._flush_waiters.append(waiter)
+        try:
+            with anyio.move_on_after(timeout):
+                await waiter.done.wait()
+        finally:
+            self._flush_waiters.remove(waiter)
+        return waiter.result()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's loop, sockets and queue are not ours: start clean, lazily.
+        if self._state is ClientState.CLOSED:
+            return
+        self._state = ClientState.UNOPENED
+        self._reset()
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        ready = self._ready
+        while True:
+            if not ready:
+                wakeup = anyio.Event()
+                self._idle_workers.append(wakeup)
+                await wakeup.wait()
+                continue
+            event = ready.popleft()
+            try:
+                await self._deliver(event)
+            except Exception:  # pragma: no cover - a bug; the worker must survive it
+                logger.exception("delivery of message %s crashed", event.message_id)
+                if event._state == IN_FLIGHT:
+                    self._in_flight.discard(event)
+                    self._finish_failed(event, Attempt(Outcome.FAILED, reason="internal error"))
+
+    async def _deliver(self, event: Event) -> None:
+        if event._state == DROPPED:
+            self._release(event)
+            return
+        if self._paused_until > anyio.current_time():
+            await self._wait_out_pause()
+            if event._state == DROPPED:
+                self._release(event)
+                return
+        self._unqueue(event)
+        event._state = IN_FLIGHT
+        self._in_flight.add(event)
+        now = anyio.current_time()
+        if event.attempts == 0:
+            event._deadline = now + self._policy.max_retry_time
+        else:
+            self._retried += 1
+        event.attempts += 1
+        assert self._sender is not None
+        attempt = await self._sender.send(event)
+        self._in_flight.discard(event)
+        if attempt.outcome is Outcome.DELIVERED:
+            self._finish(event, DELIVERED)
+            self._release(event)
+        elif attempt.outcome is Outcome.RETRY:
+            self._schedule_retry(event, attempt)
+        else:
+            self._finish_failed(event, attempt)
+
+    def _schedule_retry(self, event: Event, attempt: Attempt) -> None:
+        now = anyio.current_time()
+        delay = self._policy.next_delay(event, now, attempt.retry_after)
+        if isinstance(delay, str):
+            attempt.reason = f"{attempt.reason}; {delay}" if attempt.reason else delay
+            self._finish_failed(event, attempt)
+            return
+        if attempt.status == 429 or (attempt.status == 503 and attempt.retry_after is not None):
+            # The server asked everyone to slow down: pause all senders, not only this one.
+            self._paused_until = max(self._paused_until, now + delay)
+        due = now + delay
+        if self._state is not _OPEN:
+            due = min(due, self._latest_start(now))
+        logger.debug(
+            "message %s: attempt %d failed (%s), retrying in %.2fs",
+            event.message_id,
+            event.attempts,
+            attempt.reason,
+            due - now,
+            extra={
+                "message_id": event.message_id,
+                "status": attempt.status,
+                "attempt": event.attempts,
+            },
+        )
+        event._state = QUEUED
+        event._due = due
+        self._queued[event] = None
+        self._queued.move_to_end(event, last=False)
+        self._queued_bytes += event.size
+        heap = self._retry_heap
+        heapq.heappush(heap, (due, event.seq, event))
+        if heap[0][2] is event:
+            self._wake_timer()
+
+    async def _wait_out_pause(self) -> None:
+        """Sleep until the server's Retry-After pause ends (cut short during shutdown)."""
+        assert self._closing is not None
+        while True:
+            now = anyio.current_time()
+            until = self._paused_until
+            if self._state is not _OPEN:
+                until = min(until, self._latest_start(now))
+            if until <= now:
+                return
+            with anyio.move_on_after(until - now):
+                if self._state is _OPEN:
+                    await self._closing.wait()
+                else:
+                    await anyio.sleep(until - now)
+
+    async def _timer(self) -> None:
+        """Moves parked retries back to the ready queue when they fall due."""
+        while True:
+            now = anyio.current_time()
+            heap = self._retry_heap
+            while heap and heap[0][0] <= now:
+                event = heapq.heappop(heap)[2]
+                self._make_ready(event)
+            self._timer_wakeup = anyio.Event()
+            if heap:
+                with anyio.move_on_after(heap[0][0] - now):
+                    await self._timer_wakeup.wait()
+            else:
+                await self._timer_wakeup.wait()
+
+    def _wake_timer(self) -> None:
+        if self._timer_wakeup is not None:
+            self._timer_wakeup.set()
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _unqueue(self, event: Event) -> None:
+        del self._queued[event]
+        self._queued_bytes -= event.size
+        if self._space is not None:
+            self._space.set()
+            self._space = None
+
+    def _make_ready(self, event: Event) -> None:
+        """Hand an event that heads all its lanes to the workers (a dropped one just leaves)."""
+        if event._state == DROPPED:
+            self._release(event)
+        else:
+            self._push_ready(event)
+
+    def _push_ready(self, event: Event) -> None:
+        self._ready.append(event)
+        if self._idle_workers:
+            self._idle_workers.popleft().set()
+
+    def _release(self, event: Event) -> None:
+        """Take a finished event out of the ordering, letting its successors go."""
+        pending = [event]
+        while pending:
+            for unblocked in self._lanes.release(pending.pop()):
+                if unblocked._state == DROPPED:
+                    pending.append(unblocked)
+                else:
+                    self._push_ready(unblocked)
+
+    def _finish(self, event: Event, state: int) -> None:
+        event._state = state
+        if state == DELIVERED:
+            self._delivered += 1
+        elif state == FAILED:
+            self._failed += 1
+        else:
+            self._dropped += 1
+        if event._waiter is not None:
+            event._waiter.set()
+        if self._flush_waiters:
+            for waiter in self._flush_waiters:
+                if event.seq <= waiter.target:
+                    waiter.record(state)
+        if state == DELIVERED and self._on_delivered is not None:
+            self._call_hook("on_delivered", self._on_delivered, event)
+
+    def _finish_failed(self, event: Event, attempt: Attempt) -> None:
+        error = DeliveryError(
+            attempt.reason,
+            message_id=event.message_id,
+            status=attempt.status,
+            body=attempt.body,
+            attempts=event.attempts,
+            event=event,
+        )
+        event._error = error
+        self._finish(event, FAILED)
+        self._release(event)
+        logger.warning(
+            "%s",
+            error,
+            extra={
+                "message_id": event.message_id,
+                "status": attempt.status,
+                "attempt": event.attempts,
+            },
+        )
+        if self._on_error is not None:
+            self._call_hook("on_error", self._on_error, error)
+
+    def _drop(self, event: Event, reason: DropReason) -> None:
+        """Count and report a dropped event (the caller has already unqueued it)."""
+        if event.seq and event._waiter is not None:
+            event._error = DeliveryError(
+                f"dropped ({reason.value})",
+                message_id=event.message_id,
+                attempts=event.attempts,
+                event=event,
+            )
+        if event.seq:
+            self._finish(event, DROPPED)
+        else:
+            # Never accepted (the newest, refused at the door): counted, not flushed.
+            event._state = DROPPED
+            self._dropped += 1
+        self._warn_drops(reason)
+        if self._on_drop is not None:
+            self._call_hook("on_drop", self._on_drop, event, reason)
+
+    def _warn_drops(self, reason: DropReason) -> None:
+        """One warning per DROP_WARNING_INTERVAL, however many events are dropped."""
+        self._drops_unreported += 1
+        now = time.monotonic()
+        if now - self._last_drop_warning >= DROP_WARNING_INTERVAL:
+            logger.warning(
+                "dropped %d event(s) (latest reason: %s); see stats.dropped and on_drop",
+                self._drops_unreported,
+                reason.value,
+            )
+            self._drops_unreported = 0
+            self._last_drop_warning = now
+
+    def _call_hook(self, name: str, hook: Any, *args: Any) -> None:
+        try:
+            hook(*args)
+        except Exception:
+            logger.exception("%s hook raised; the event is unaffected", name)
+
+
+def _reset_clients_after_fork() -> None:
+    for client in list(_live_clients):
+        client._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - absent only on Windows
+    os.register_at_fork(after_in_child=_reset_clients_after_fork)

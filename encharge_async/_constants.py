@@ -1,0 +1,39 @@
+"""Every default of the library, in one place."""
+
+from __future__ import annotations
+
+from typing import Final
+
+DEFAULT_ENDPOINT: Final = "https://ingest.encharge.io/v1/"
+WRITE_KEY_ENV: Final = "ENCHARGE_WRITE_KEY"
+ENDPOINT_ENV: Final = "ENCHARGE_INGEST_URL"
+
+# Queue bounds: whichever is reached first applies.
+DEFAULT_MAX_QUEUE_SIZE: Final = 10_000
+DEFAULT_MAX_QUEUE_BYTES: Final = 32 * 1024 * 1024
+DEFAULT_MAX_EVENT_BYTES: Final = 1024 * 1024
+DEFAULT_OVERFLOW: Final = "drop_newest"
+
+# Delivery.
+DEFAULT_MAX_CONCURRENCY: Final = 16
+DEFAULT_TIMEOUT: Final = 10.0
+DEFAULT_SHUTDOWN_TIMEOUT: Final = 10.0
+DEFAULT_BLOCK_TIMEOUT: Final = 5.0
+
+# Retries: exponential backoff with full jitter, bounded by count and by a per-event deadline.
+DEFAULT_MAX_RETRIES: Final = 10
+DEFAULT_MAX_RETRY_TIME: Final = 120.0
+BACKOFF_INITIAL: Final = 0.5
+BACKOFF_MAX: Final = 30.0
+RETRY_AFTER_MAX: Final = 120.0
+RETRYABLE_STATUS_CODES: Final = frozenset({408, 429, 500, 502, 503, 504})
+
+# Error bodies are read up to this many bytes; longer ones are truncated in errors.
+MAX_ERROR_BODY_BYTES: Final = 4096
+ERROR_BODY_PREVIEW_CHARS: Final = 500
+
+# A drop warning is logged at most once per this many seconds, with a count of what it covers.
+DROP_WARNING_INTERVAL: Final = 10.0
+
+# Closing the HTTP transport after the drain is bounded too.
+TRANSPORT_CLOSE_TIMEOUT: Final = 2.0

@@ -1,0 +1,153 @@
+"""One delivery attempt: build the request, send it through the transport, classify the answer."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import platform
+from dataclasses import dataclass
+
+import anyio
+import httpx
+
+from ._constants import ERROR_BODY_PREVIEW_CHARS, MAX_ERROR_BODY_BYTES, RETRYABLE_STATUS_CODES
+from ._events import Event
+from ._retry import parse_retry_after
+from ._version import __version__
+
+__all__ = ["USER_AGENT", "Attempt", "Outcome", "Sender"]
+
+USER_AGENT = (
+    f"encharge-async/{__version__} httpx/{httpx.__version__} "
+    f"{platform.python_implementation()}/{platform.python_version()}"
+)
+
+logger = logging.getLogger("encharge_async")
+
+# Failures where the request cannot have reached the server: retrying them cannot duplicate.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class Outcome(enum.Enum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What one request for an event came to."""
+
+    outcome: Outcome
+    status: int | None = None
+    body: str = ""
+    reason: str = ""
+    retry_after: float | None = None
+    # True when the server may have recorded the event although we saw a failure.
+    ambiguous: bool = False
+
+
+class Sender:
+    """Sends events as single POSTs through an `httpx.AsyncBaseTransport`.
+
+    It calls the transport directly with a prepared request instead of going through
+    `httpx.AsyncClient`: no cookies, redirects or auth flows are needed, and each of those
+    costs CPU on the application's own event loop.
+    """
+
+    def __init__(
+        self, transport: httpx.AsyncBaseTransport, url: httpx.URL, write_key: str, timeout: float
+    ) -> None:
+        self._transport = transport
+        self._url = url
+        self._secret = write_key
+        self._timeout = timeout
+        self._headers = [
+            (b"Accept", b"application/json"),
+            (b"Content-Type", b"application/json"),
+            (b"User-Agent", USER_AGENT.encode()),
+            (b"X-Encharge-Token", write_key.encode()),
+        ]
+        self._extensions = {
+            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        }
+
+    def build_request(self, event: Event) -> httpx.Request:
+        headers = [
+            *self._headers,
+            (b"Idempotency-Key", event.message_id.encode()),
+        ]
+        return httpx.Request(
+            "POST", self._url, headers=headers, content=event.body, extensions=self._extensions
+        )
+
+    async def send(self, event: Event) -> Attempt:
+        """Make one attempt; never raises except on cancellation."""
+        request = self.build_request(event)
+        try:
+            with anyio.fail_after(self._timeout):
+                response = await self._transport.handle_async_request(request)
+                try:
+                    body = await _read_limited(response)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            return Attempt(
+                Outcome.RETRY, reason=f"no answer within timeout={self._timeout:g}s", ambiguous=True
+            )
+        except httpx.TransportError as exc:
+            return Attempt(
+                Outcome.RETRY,
+                reason=self._scrub(
+                    f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                ),
+                ambiguous=not isinstance(exc, _NOT_SENT),
+            )
+        except Exception as exc:
+            # A transport bug is not worth retrying; report it, keep the worker alive.
+            logger.warning(
+                "transport raised %s for message %s",
+                type(exc).__name__,
+                event.message_id,
+                exc_info=True,
+            )
+            return Attempt(Outcome.FAILED, reason=self._scrub(f"{type(exc).__name__}: {exc}"))
+        status = response.status_code
+        if 200 <= status < 300:
+            return Attempt(Outcome.DELIVERED, status=status)
+        text = self._scrub(body.decode("utf-8", "replace")[:ERROR_BODY_PREVIEW_CHARS])
+        if status in RETRYABLE_STATUS_CODES:
+            return Attempt(
+                Outcome.RETRY,
+                status=status,
+                body=text,
+                reason=_reason(status),
+                retry_after=parse_retry_after(response.headers),
+                ambiguous=status in (500, 502, 504) or status == 408,
+            )
+        return Attempt(Outcome.FAILED, status=status, body=text, reason=_reason(status))
+
+    def _scrub(self, text: str) -> str:
+        """Errors must never carry the write key, even when a server or proxy echoes it."""
+        return text.replace(self._secret, "***") if self._secret in text else text
+
+
+def _reason(status: int) -> str:
+    try:
+        return httpx.codes.get_reason_phrase(status) or "unexpected status"
+    except ValueError:  # pragma: no cover - get_reason_phrase returns "" for unknown codes
+        return "unexpected status"
+
+
+async def _read_limited(response: httpx.Response) -> bytes:
+    """Read at most MAX_ERROR_BODY_BYTES of the body; the rest is not needed."""
+    chunks: list[bytes] = []
+    size = 0
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
+    async for chunk in stream:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= MAX_ERROR_BODY_BYTES:
+            break
+    return b"".join(chunks)

@@ -1,0 +1,44 @@
+"""Read-only snapshots of what the client has done: `Stats` and `FlushResult`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FlushResult", "Stats"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Counters since the client was created (or since `os.fork()`, in a child process).
+
+    `enqueued` counts accepted events; each one ends as `delivered`, `failed` or `dropped`,
+    or is still `queued` (waiting, including between retries) or `in_flight`.
+    `retried` counts retry attempts; `queued_bytes` is the serialised size of `queued`.
+    """
+
+    enqueued: int
+    delivered: int
+    failed: int
+    dropped: int
+    retried: int
+    queued: int
+    in_flight: int
+    queued_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlushResult:
+    """What `flush()` or `aclose()` achieved for the events enqueued before it was called.
+
+    `pending` is how many of those were still undelivered when it returned (a timeout);
+    `complete` is True when none were left.
+    """
+
+    delivered: int = 0
+    failed: int = 0
+    dropped: int = 0
+    pending: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.pending == 0

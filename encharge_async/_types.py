@@ -1,0 +1,32 @@
+"""Type aliases of the public API."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
+    from ._events import Event
+    from ._exceptions import DeliveryError
+
+__all__ = ["DropReason", "OnDelivered", "OnDrop", "OnError", "Overflow", "RetryWait"]
+
+Overflow: TypeAlias = Literal["drop_newest", "drop_oldest", "block"]
+
+
+class DropReason(str, enum.Enum):
+    """Why an event was dropped without being delivered."""
+
+    QUEUE_FULL = "queue_full"
+    """The queue was at its size or byte bound (see the `overflow` policy)."""
+    SHUTDOWN = "shutdown"
+    """The client closed and the event could not be delivered within `shutdown_timeout`."""
+
+
+OnDelivered: TypeAlias = "Callable[[Event], object]"
+OnError: TypeAlias = "Callable[[DeliveryError], object]"
+OnDrop: TypeAlias = "Callable[[Event, DropReason], object]"
+RetryWait: TypeAlias = "Callable[[RetryCallState], float]"
