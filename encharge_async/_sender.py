@@ -145,9 +145,16 @@ async def _read_limited(response: httpx.Response) -> bytes:
     size = 0
     stream = response.stream
     assert isinstance(stream, httpx.AsyncByteStream)
-    async for chunk in stream:
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= MAX_ERROR_BODY_BYTES:
-            break
+    iterator = stream.__aiter__()
+    try:
+        async for chunk in iterator:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= MAX_ERROR_BODY_BYTES:
+                break
+    finally:
+        # Stopping early must close the generator now, not when the GC finds it.
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
     return b"".join(chunks)
