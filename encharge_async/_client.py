@@ -524,7 +524,10 @@ class AsyncEncharge:
             if self._binding.current() is None:
                 # A plain thread (a sync handler in a thread pool): the loop takes it from here.
                 if self._overflow == "block" and self._is_full(event):
-                    raise QueueFullError("the queue is full (overflow='block'; no waiting here)")
+                    raise QueueFullError(
+                        "the queue is full and overflow='block': a call from another thread "
+                        "cannot wait for room"
+                    )
                 self._binding.call_soon_threadsafe(self._put_from_thread, event)
                 return True
             raise self._wrong_loop_error()
@@ -559,7 +562,10 @@ class AsyncEncharge:
             if not self._is_full(event):
                 return True
         elif self._overflow == "block":
-            raise QueueFullError("the queue is full (overflow='block'; use await to wait)")
+            raise QueueFullError(
+                "the queue is full and overflow='block': the *_nowait methods cannot wait for "
+                "room; await the async method instead"
+            )
         self._drop(event, DropReason.QUEUE_FULL)
         if event._waiter is not None:
             raise QueueFullError(

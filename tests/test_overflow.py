@@ -1,0 +1,192 @@
+"""Queue bounds (count and bytes) and the three overflow policies."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import httpx
+import pytest
+
+from encharge_async import DropReason, Event, QueueFullError
+
+from .conftest import ClientFactory, Recorder
+
+pytestmark = pytest.mark.anyio
+
+
+def held_transport() -> tuple[httpx.MockTransport, anyio.Event]:
+    """A server that does not answer until released: the queue fills up behind it."""
+    release = anyio.Event()
+
+    async def held(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return httpx.Response(200)
+
+    return httpx.MockTransport(Recorder(held)), release
+
+
+async def test_drop_newest_counts_and_reports(make_client: ClientFactory) -> None:
+    drops: list[tuple[str, DropReason]] = []
+    transport, release = held_transport()
+    async with make_client(
+        transport=transport,
+        max_concurrency=1,
+        max_queue_size=3,
+        on_drop=lambda event, reason: drops.append((event.name, reason)),
+    ) as client:
+        client.track_nowait("e0", user_id=0)
+        await anyio.sleep(0.01)  # e0 is now in flight
+        for i in range(1, 6):
+            client.track_nowait(f"e{i}", user_id=i)
+        stats = client.stats
+        release.set()
+        result = await client.flush(timeout=5)
+    # e0 went in flight, e1-e3 filled the queue; e4, e5 were refused.
+    assert drops == [("e4", DropReason.QUEUE_FULL), ("e5", DropReason.QUEUE_FULL)]
+    assert (stats.enqueued, stats.dropped, stats.queued) == (4, 2, 3)
+    assert result.delivered == 4
+    assert client.stats.dropped == 2
+
+
+async def test_drop_oldest_evicts_oldest_queued(make_client: ClientFactory) -> None:
+    dropped: list[str] = []
+    delivered: list[str] = []
+    transport, release = held_transport()
+    async with make_client(
+        transport=transport,
+        max_concurrency=1,
+        max_queue_size=3,
+        overflow="drop_oldest",
+        on_drop=lambda event, reason: dropped.append(event.name),
+        on_delivered=lambda event: delivered.append(event.name),
+    ) as client:
+        await client.track("e0", user_id=0)
+        await anyio.sleep(0.01)  # e0 is now in flight and cannot be evicted
+        for i in range(1, 7):
+            await client.track(f"e{i}", user_id=i)
+        assert client.stats.queued == 3
+        release.set()
+        result = await client.flush(timeout=5)
+    assert dropped == ["e1", "e2", "e3"]
+    assert sorted(delivered) == ["e0", "e4", "e5", "e6"]
+    assert result.delivered == 4
+    assert result.dropped == 0  # the drops happened before flush() was called
+    assert client.stats.dropped == 3
+
+
+async def test_drop_oldest_keeps_the_ordering_of_the_survivors(make_client: ClientFactory) -> None:
+    delivered: list[str] = []
+    transport, release = held_transport()
+    async with make_client(
+        transport=transport,
+        max_concurrency=1,
+        max_queue_size=4,
+        overflow="drop_oldest",
+        on_delivered=lambda event: delivered.append(event.name),
+    ) as client:
+        await client.track("blocker", user_id="x")
+        await anyio.sleep(0.01)
+        for i in range(8):
+            await client.track(f"p{i}", user_id="p")  # one person: lane-waiting events
+        release.set()
+        await client.flush(timeout=5)
+    assert delivered == ["blocker", "p4", "p5", "p6", "p7"]
+
+
+async def test_queue_bound_in_bytes(make_client: ClientFactory) -> None:
+    transport, release = held_transport()
+    async with make_client(
+        transport=transport, max_concurrency=1, max_queue_bytes=300, max_event_bytes=200
+    ) as client:
+        client.track_nowait("in flight", user_id=0)
+        await anyio.sleep(0.01)
+        for i in range(10):
+            client.track_nowait("E", user_id=i, properties={"pad": "x" * 60})
+        stats = client.stats
+        release.set()
+    assert stats.queued_bytes <= 300
+    assert stats.queued == stats.queued_bytes // 100 or stats.queued >= 2
+    assert stats.dropped == 10 - stats.queued
+
+
+async def test_block_waits_for_room(make_client: ClientFactory) -> None:
+    transport, release = held_transport()
+    async with make_client(
+        transport=transport, max_concurrency=1, max_queue_size=2, overflow="block"
+    ) as client:
+        for i in range(3):
+            await client.track("E", user_id=i)
+        await anyio.sleep(0.01)
+        assert client.stats.queued == 2
+
+        async def release_soon() -> None:
+            await anyio.sleep(0.05)
+            release.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(release_soon)
+            await client.track("waited", user_id=99, timeout=5)
+        await client.flush(timeout=5)
+    assert client.stats.delivered == 4
+    assert client.stats.dropped == 0
+
+
+async def test_block_raises_queue_full_after_timeout(make_client: ClientFactory) -> None:
+    transport, release = held_transport()
+    async with make_client(
+        transport=transport, max_concurrency=1, max_queue_size=1, overflow="block"
+    ) as client:
+        await client.track("flying", user_id=1)
+        await anyio.sleep(0.01)
+        await client.track("queued", user_id=2)
+        with pytest.raises(QueueFullError, match="no room in the queue within 0.05s"):
+            await client.track("E", user_id=3, timeout=0.05)
+        with pytest.raises(QueueFullError, match="cannot wait for room"):
+            client.track_nowait("E", user_id=4)
+        release.set()
+    assert client.stats.delivered == 2
+    assert client.stats.dropped == 0
+
+
+async def test_wait_true_on_a_full_queue_raises(make_client: ClientFactory) -> None:
+    transport, release = held_transport()
+    async with make_client(transport=transport, max_concurrency=1, max_queue_size=1) as client:
+        await client.track("flying", user_id=1)
+        await anyio.sleep(0.01)
+        await client.track("queued", user_id=2)
+        with pytest.raises(QueueFullError, match="was dropped"):
+            await client.track("E", user_id=3, wait=True)
+        release.set()
+
+
+async def test_drop_warning_is_rate_limited(
+    make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="encharge_async")
+    transport, release = held_transport()
+    async with make_client(transport=transport, max_concurrency=1, max_queue_size=1) as client:
+        for i in range(500):
+            client.track_nowait("E", user_id=i)
+        release.set()
+    warnings = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "dropped 1 event(s)" in warnings[0].getMessage()
+    assert client.stats.dropped == 499
+
+
+async def test_on_drop_receives_the_event(make_client: ClientFactory) -> None:
+    seen: list[Event] = []
+    transport, release = held_transport()
+    async with make_client(
+        transport=transport,
+        max_concurrency=1,
+        max_queue_size=1,
+        on_drop=lambda event, reason: seen.append(event),
+    ) as client:
+        client.track_nowait("a", user_id=1)
+        mid = client.track_nowait("c", user_id=3, properties={"k": "v"})
+        release.set()
+    (event,) = seen
+    assert event.message_id == mid
+    assert event.payload["properties"] == {"k": "v"}
