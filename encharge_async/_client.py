@@ -191,6 +191,7 @@ class AsyncEncharge:
         self._space: anyio.Event | None = None
         self._timer_wakeup: anyio.Event | None = None
         self._closing: anyio.Event | None = None
+        self._closed: anyio.Event | None = None
         self._runner_scope: anyio.CancelScope | None = None
         self._runner_done: anyio.Event | None = None
         self._runner: object = None
@@ -465,9 +466,9 @@ class AsyncEncharge:
         self._check_loop()
         if self._state is ClientState.CLOSING:
             # Another task is closing; wait for it within the same bound.
-            assert self._runner_done is not None
-            with anyio.move_on_after(self._shutdown_timeout + TRANSPORT_CLOSE_TIMEOUT + 1):
-                await self._runner_done.wait()
+            assert self._closed is not None
+            with anyio.move_on_after(self._shutdown_timeout + 2 * TRANSPORT_CLOSE_TIMEOUT):
+                await self._closed.wait()
             return self._close_result or FlushResult()
         self._begin_closing()
         drained = FlushResult()
@@ -478,13 +479,15 @@ class AsyncEncharge:
                 left = await self._stop_runner()
                 if self._transport is not None:
                     await self._close_transport(self._transport)
-                self._state = ClientState.CLOSED
                 result = self._close_result = FlushResult(
                     delivered=drained.delivered,
                     failed=drained.failed,
                     dropped=drained.dropped + left,
                     pending=0,
                 )
+                self._state = ClientState.CLOSED
+                assert self._closed is not None
+                self._closed.set()
         logger.debug("client closed: %s", result)
         return result
 
@@ -641,6 +644,7 @@ class AsyncEncharge:
         self._binding = binding
         self._loop_token = binding.token
         self._closing = anyio.Event()
+        self._closed = anyio.Event()
         self._runner_scope = anyio.CancelScope()
         self._runner_done = anyio.Event()
         transport = self._user_transport
@@ -674,11 +678,10 @@ class AsyncEncharge:
         self._close_deadline = now + self._shutdown_timeout
         assert self._closing is not None
         self._closing.set()
-        # Pull every parked retry forward so it gets its last try before the deadline.
-        heap = self._retry_heap
-        if heap:
-            latest = self._latest_start(now)
-            self._retry_heap = [(min(due, latest), seq, ev) for due, seq, ev in heap]
+        # Parked retries are tried now rather than after the app has gone; if they fail
+        # again, their backoff is clamped so one last attempt still fits before the deadline.
+        if self._retry_heap:
+            self._retry_heap = [(now, seq, event) for _, seq, event in self._retry_heap]
             heapq.heapify(self._retry_heap)
             self._wake_timer()
         if self._space is not None:

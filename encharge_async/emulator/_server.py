@@ -105,15 +105,19 @@ class ServerHandle:
             if not await _settle(task, _FORCE_GRACE):
                 task.cancel()
                 await _settle(task, _FORCE_GRACE)
-        leftovers = [t for t in server.server_state.tasks if not t.done()]
-        for leftover in leftovers:
-            leftover.cancel()
-        if leftovers:
-            await asyncio.wait(leftovers, timeout=_FORCE_GRACE)
+        # Cut connections still open, so their requests see a disconnect and end on their
+        # own; cancel whatever request is still running after that.
         for connection in list(server.server_state.connections):
             transport = getattr(connection, "transport", None)
             if isinstance(transport, asyncio.Transport):
                 transport.abort()
+        leftovers = [t for t in server.server_state.tasks if not t.done()]
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=_FORCE_GRACE)
+        for leftover in leftovers:
+            leftover.cancel()
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=_FORCE_GRACE)
         self._server = self._task = None
         if task.done() and not task.cancelled():
             error = task.exception()

@@ -20,7 +20,6 @@ pytestmark = MODULE_LOOP
 SIGNUP = {"name": "Signed up", "user": {"email": "ann@example.com", "userId": "u1"}}
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize("path", ["/v1/", "/v1"])
 async def test_accepts_an_event_with_an_empty_json_object(emu: Emulator, post: Post, path: str):
     before_wall, before_mono = time.time(), time.monotonic()
@@ -45,7 +44,6 @@ async def test_accepts_an_event_with_an_empty_json_object(emu: Emulator, post: P
     assert emu.rejected == []
 
 
-@pytest.mark.asyncio
 async def test_record_name_and_type_ignore_non_strings(emu: Emulator, post: Post):
     await post({"type": "group", "objectType": "company", "name": 5})
     [record] = emu.events
@@ -53,13 +51,11 @@ async def test_record_name_and_type_ignore_non_strings(emu: Emulator, post: Post
     assert record.name is None
 
 
-@pytest.mark.asyncio
 async def test_accepts_a_charset_parameter(post: Post):
     response = await post(SIGNUP, headers={"Content-Type": "Application/JSON; charset=UTF-8"})
     assert response.status_code == 200
 
 
-@pytest.mark.asyncio
 async def test_accepts_any_of_several_write_keys(client: httpx.AsyncClient):
     async with Emulator(write_key="a", write_keys=["b", "c"]) as emu:
         for key in ("a", "b", "c"):
@@ -68,7 +64,6 @@ async def test_accepts_any_of_several_write_keys(client: httpx.AsyncClient):
         assert len(emu.events) == 3
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("key", "error"),
     [
@@ -92,7 +87,6 @@ async def test_refuses_a_missing_or_wrong_write_key(
     assert rejected.path == "/v1/"
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/jsonx", "form"])
 async def test_refuses_a_body_that_is_not_declared_json(
     emu: Emulator, client: httpx.AsyncClient, content_type: str | None
@@ -106,7 +100,6 @@ async def test_refuses_a_body_that_is_not_declared_json(
     assert [r.status for r in emu.rejected] == [415]
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize(
     "content",
     [b"{", b"", b"\xff\xfe{}", b'{"name": NaN}', b"[1, 2] x"],
@@ -119,7 +112,6 @@ async def test_refuses_invalid_json(emu: Emulator, post: Post, content: bytes):
     assert emu.rejected[0].body is None
 
 
-@pytest.mark.asyncio
 async def test_refuses_a_body_larger_than_the_limit(client: httpx.AsyncClient):
     async with Emulator(write_key=KEY, max_body_bytes=64) as emu:
         headers = {"X-Encharge-Token": KEY, "Content-Type": "application/json"}
@@ -143,7 +135,6 @@ async def test_refuses_a_body_larger_than_the_limit(client: httpx.AsyncClient):
         assert emu.rejected[0].body is None
 
 
-@pytest.mark.asyncio
 async def test_a_body_exactly_at_the_limit_is_read(client: httpx.AsyncClient):
     body = json.dumps({"name": "x", "user": {"email": "a@b.c"}}).encode()
     async with Emulator(write_key=KEY, max_body_bytes=len(body)) as emu:
@@ -152,7 +143,6 @@ async def test_a_body_exactly_at_the_limit_is_read(client: httpx.AsyncClient):
         assert response.status_code == 200
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
 async def test_other_methods_get_405_with_allow_post(
     emu: Emulator, client: httpx.AsyncClient, method: str
@@ -165,7 +155,6 @@ async def test_other_methods_get_405_with_allow_post(
     assert (rejected.method, rejected.status) == (method, 405)
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize("path", ["/", "/v2/", "/v1/x", "/_emulator"])
 async def test_unknown_paths_get_404(emu: Emulator, client: httpx.AsyncClient, path: str):
     response = await client.post(emu.base_url + path, json=SIGNUP)
@@ -236,7 +225,6 @@ INVALID: list[tuple[str, Any, str]] = [
 ]
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize(("body", "error"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
 async def test_refuses_invalid_events_with_400(emu: Emulator, post: Post, body: Any, error: str):
     response = await post(body)
@@ -265,7 +253,6 @@ VALID: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize("body", [c[1] for c in VALID], ids=[c[0] for c in VALID])
 async def test_accepts_valid_events(emu: Emulator, post: Post, body: dict[str, Any]):
     response = await post(body)
@@ -273,7 +260,6 @@ async def test_accepts_valid_events(emu: Emulator, post: Post, body: dict[str, A
     assert [r.body for r in emu.events] == [body]
 
 
-@pytest.mark.asyncio
 async def test_sequence_numbers_cover_accepted_and_rejected_in_arrival_order(
     emu: Emulator, post: Post
 ):
@@ -284,7 +270,6 @@ async def test_sequence_numbers_cover_accepted_and_rejected_in_arrival_order(
     assert [r.seq for r in emu.rejected] == [2]
 
 
-@pytest.mark.asyncio
 async def test_counts_duplicates_by_idempotency_key(emu: Emulator, post: Post):
     for key in ("a", "b", "a", "a", None):
         headers = {"Idempotency-Key": key} if key else {}
@@ -300,7 +285,6 @@ async def test_counts_duplicates_by_idempotency_key(emu: Emulator, post: Post):
     assert person.events == ("Signed up",) * 6
 
 
-@pytest.mark.asyncio
 async def test_wait_for_events_waits_then_returns_all(emu: Emulator, post: Post):
     waiter = asyncio.create_task(emu.wait_for_events(3, timeout=5))
     await asyncio.sleep(0)
@@ -311,7 +295,6 @@ async def test_wait_for_events_waits_then_returns_all(emu: Emulator, post: Post)
     assert len(await emu.wait_for_events(2, timeout=0.01)) == 3
 
 
-@pytest.mark.asyncio
 async def test_wait_for_events_times_out(emu: Emulator, post: Post):
     await post(SIGNUP)
     with pytest.raises(TimeoutError, match="1 of 2 events were accepted within 0.05 s"):
@@ -322,7 +305,6 @@ async def test_wait_for_events_times_out(emu: Emulator, post: Post):
     assert len(await asyncio.wait_for(waiter, 5)) == 2
 
 
-@pytest.mark.asyncio
 async def test_reset_forgets_everything(emu: Emulator, post: Post):
     await post(SIGNUP, headers={"Idempotency-Key": "x"})
     await post(SIGNUP, headers={"Idempotency-Key": "x"})
@@ -335,7 +317,6 @@ async def test_reset_forgets_everything(emu: Emulator, post: Post):
     assert [(r.seq, r.duplicate) for r in emu.events] == [(1, False)]
 
 
-@pytest.mark.asyncio
 async def test_the_write_key_is_never_recorded(emu: Emulator, post: Post):
     await post(SIGNUP)
     await post(SIGNUP, key="some-other-secret")
