@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import platform
+import traceback
 from dataclasses import dataclass
 
 import anyio
@@ -105,11 +106,13 @@ class Sender:
             )
         except Exception as exc:
             # A transport bug is not worth retrying; report it, keep the worker alive.
-            logger.warning(
-                "transport raised %s for message %s",
+            # The failure is logged by the client with a scrubbed message; here only where it
+            # happened, since the exception's own text may carry the write key.
+            logger.debug(
+                "transport raised %s for message %s at:\n%s",
                 type(exc).__name__,
                 event.message_id,
-                exc_info=True,
+                "".join(traceback.format_tb(exc.__traceback__)),
             )
             return Attempt(Outcome.FAILED, reason=self._scrub(f"{type(exc).__name__}: {exc}"))
         status = response.status_code

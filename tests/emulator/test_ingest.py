@@ -297,7 +297,7 @@ async def test_wait_for_events_waits_then_returns_all(emu: Emulator, post: Post)
 
 async def test_wait_for_events_times_out(emu: Emulator, post: Post):
     await post(SIGNUP)
-    with pytest.raises(TimeoutError, match="1 of 2 events were accepted within 0.05 s"):
+    with pytest.raises(TimeoutError, match=r"1 of 2 events were accepted within 0\.05 s"):
         await emu.wait_for_events(2, timeout=0.05)
     # A later waiter still works after a timed-out one.
     waiter = asyncio.create_task(emu.wait_for_events(2, timeout=5))
@@ -320,9 +320,7 @@ async def test_reset_forgets_everything(emu: Emulator, post: Post):
 async def test_the_write_key_is_never_recorded(emu: Emulator, post: Post):
     await post(SIGNUP)
     await post(SIGNUP, key="some-other-secret")
-    dumped = json.dumps(
-        [r.to_dict() for r in emu.events] + [r.to_dict() for r in emu.rejected]
-    )
+    dumped = json.dumps([r.to_dict() for r in emu.events] + [r.to_dict() for r in emu.rejected])
     assert KEY not in dumped
     assert "some-other-secret" not in dumped
     assert KEY not in repr(emu)

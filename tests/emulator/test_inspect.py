@@ -13,7 +13,9 @@ pytestmark = MODULE_LOOP
 
 
 async def _fill(emu: Emulator, post: Post) -> None:
-    await post({"name": "Paid", "user": {"email": "a@b.c", "tags": "x"}}, headers={"Idempotency-Key": "i"})
+    await post(
+        {"name": "Paid", "user": {"email": "a@b.c", "tags": "x"}}, headers={"Idempotency-Key": "i"}
+    )
     await post({"name": "Paid", "user": {"email": "a@b.c"}}, headers={"Idempotency-Key": "i"})
     await post({"type": "group", "objectType": "company", "user": {"email": "a@b.c"}})
     await post({"name": "Paid"}, key="nope")

@@ -26,7 +26,7 @@ def _signals() -> dict[int, Any]:
 
 
 def _other_tasks() -> set[asyncio.Task[Any]]:
-    return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+    return asyncio.all_tasks() - {asyncio.current_task()}
 
 
 @pytest.mark.asyncio
@@ -101,14 +101,15 @@ async def test_stop_is_bounded_with_a_stalled_upload_open():
     assert await asyncio.wait_for(reader.read(), 5) == b""  # connection closed, no answer
     writer.close()
     await writer.wait_closed()
-    assert emu.events == emu.rejected == []
+    assert emu.events == []
+    assert emu.rejected == []
     assert _other_tasks() == tasks
 
 
 class _StubbornServer:
     """Stands in for uvicorn.Server: ignores should_exit and force_exit."""
 
-    def __init__(self, task: asyncio.Task[None]) -> None:
+    def __init__(self, task: asyncio.Task[Any]) -> None:
         self.should_exit = self.force_exit = False
         self.server_state = type("State", (), {"tasks": {task}, "connections": set()})()
 
@@ -122,8 +123,10 @@ async def test_stop_cancels_a_server_that_will_not_exit(monkeypatch: pytest.Monk
     stub = _StubbornServer(request)
     handle._server, handle._task = stub, serve  # type: ignore[assignment]
     await asyncio.wait_for(handle.stop(0.01), 5)
-    assert stub.should_exit and stub.force_exit
-    assert serve.cancelled() and request.cancelled()
+    assert stub.should_exit
+    assert stub.force_exit
+    assert serve.cancelled()
+    assert request.cancelled()
     await handle.stop(0.01)  # already stopped: nothing to do
     assert not handle.abort({"client": ("127.0.0.1", 1)})
 

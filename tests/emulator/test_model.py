@@ -30,7 +30,12 @@ async def test_identify_and_track_merge_fields_and_add_tags(emu: Emulator, post:
         post,
         {
             "name": "Registered user",
-            "user": {"email": "ann@example.com", "firstName": "Ann", "plan": "free", "tags": "a, b"},
+            "user": {
+                "email": "ann@example.com",
+                "firstName": "Ann",
+                "plan": "free",
+                "tags": "a, b",
+            },
             "properties": {"trial": {"days": 14}},
         },
     )
@@ -99,12 +104,15 @@ async def test_alias_changes_the_user_id(emu: Emulator, post: Post):
 
 
 async def test_alias_onto_an_existing_person_merges_them(emu: Emulator, post: Post):
-    await _accept(post, {"name": "Anonymous visit", "user": {"userId": "anon-1", "tags": "web"}})
+    anon = {"userId": "anon-1", "email": "anon@b.c", "tags": "web"}
+    await _accept(post, {"name": "Anonymous visit", "user": anon})
     await _accept(post, {"name": "Signed up", "user": {"userId": "u1", "email": "a@b.c"}})
     await _accept(post, {"name": "Second visit", "user": {"userId": "anon-1"}})
     await _accept(post, {"type": "alias", "previousUserId": "anon-1", "user": {"userId": "u1"}})
+    # The person being aliased wins where both have a value (here: the email).
     [person] = emu.people
-    assert (person.user_id, person.email) == ("u1", "a@b.c")
+    assert (person.user_id, person.email) == ("u1", "anon@b.c")
+    assert emu.person(email="a@b.c") is None
     assert person.events == ("Anonymous visit", "Signed up", "Second visit")
     assert person.tags == frozenset({"web"})
 
@@ -121,9 +129,7 @@ async def test_alias_of_an_unknown_person(emu: Emulator, post: Post):
     assert (person.email, person.user_id) == ("n@b.c", "u9")
 
 
-async def test_group_creates_and_updates_an_object_and_associates_people(
-    emu: Emulator, post: Post
-):
+async def test_group_creates_and_updates_an_object_and_associates_people(emu: Emulator, post: Post):
     await _accept(
         post,
         {
@@ -187,10 +193,11 @@ async def test_merging_people_keeps_their_objects(emu: Emulator, post: Post):
     await _accept(post, {**group, "properties": {"externalId": "a"}, "user": {"userId": "u1"}})
     await _accept(post, {**group, "properties": {"externalId": "b"}, "user": {"email": "x@b.c"}})
     await _accept(post, {**group, "properties": {"externalId": "a"}, "user": {"email": "x@b.c"}})
+    await _accept(post, {**group, "properties": {"externalId": "c"}, "user": {"userId": "u1"}})
     await _accept(post, {"type": "alias", "previousEmail": "x@b.c", "user": {"userId": "u1"}})
     [person] = emu.people
-    assert set(person.objects) == {("company", "obj_1"), ("company", "obj_2")}
-    assert [o.people for o in emu.objects] == [(person.id,), (person.id,)]
+    assert person.objects == (("company", "obj_2"), ("company", "obj_1"), ("company", "obj_3"))
+    assert [o.people for o in emu.objects] == [(person.id,)] * 3
 
 
 async def test_snapshots_do_not_change_the_model(emu: Emulator, post: Post):
@@ -215,6 +222,8 @@ async def test_person_lookup_needs_exactly_one_identifier():
         model.person()
     with pytest.raises(ValueError, match="exactly one"):
         model.person(email="a@b.c", user_id="u1")
+    model.apply({"name": "x", "user": {"userId": 1}}, 1)
+    assert model.person(user_id=True) is None  # a boolean is not the userId 1
 
 
 async def test_objects_can_be_filtered_by_type():

@@ -1,0 +1,230 @@
+"""Event loops, threads and fork."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import sys
+import threading
+import warnings
+
+import anyio
+import httpx
+import pytest
+
+from encharge_async import (
+    AsyncEncharge,
+    ClientClosedError,
+    DropReason,
+    EventLoopError,
+    QueueFullError,
+)
+
+from .conftest import ENDPOINT, WRITE_KEY, ClientFactory, Recorder
+
+
+def test_nowait_without_a_loop_before_start_is_a_clear_error() -> None:
+    client = AsyncEncharge(WRITE_KEY)
+    with pytest.raises(EventLoopError, match="no running event loop"):
+        client.track_nowait("E", user_id=1)
+    assert client.stats.enqueued == 0
+
+
+def test_one_client_two_event_loops() -> None:
+    recorder = Recorder()
+    client = AsyncEncharge(WRITE_KEY, endpoint=ENDPOINT, transport=httpx.MockTransport(recorder))
+
+    async def first() -> None:
+        await client.track("E", user_id=1)
+        await client.flush(timeout=5)
+
+    async def second() -> None:
+        with pytest.raises(EventLoopError, match="runs on another event loop"):
+            await client.track("E", user_id=2)
+        with pytest.raises(EventLoopError, match="runs on another event loop"):
+            client.track_nowait("E", user_id=2)
+        with pytest.raises(EventLoopError):
+            await client.flush()
+        with pytest.raises(EventLoopError):
+            await client.aclose()
+
+    asyncio.run(first())
+    asyncio.run(second())
+    assert len(recorder.requests) == 1
+
+
+@pytest.mark.anyio
+async def test_nowait_from_a_worker_thread(make_client: ClientFactory, recorder: Recorder) -> None:
+    async with make_client() as client:
+        await client.track("from loop", user_id=1)
+        mids = await anyio.to_thread.run_sync(
+            lambda: [client.track_nowait("from thread", user_id=i) for i in range(5)]
+        )
+        await anyio.sleep(0.01)
+        await client.flush(timeout=5)
+    assert len(mids) == 5
+    sent = {r.headers["idempotency-key"] for r in recorder.requests}
+    assert set(mids) <= sent
+    assert client.stats.delivered == 6
+
+
+@pytest.mark.anyio
+async def test_thread_calls_on_a_full_queue(make_client: ClientFactory) -> None:
+    release = anyio.Event()
+
+    async def held(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return httpx.Response(200)
+
+    transport = httpx.MockTransport(Recorder(held))
+    async with make_client(transport=transport, max_concurrency=1, max_queue_size=1) as client:
+        await client.track("flying", user_id=1)
+        await anyio.sleep(0.01)
+        await client.track("queued", user_id=2)
+        await anyio.to_thread.run_sync(lambda: client.track_nowait("dropped", user_id=3))
+        await anyio.sleep(0.01)
+        assert client.stats.dropped == 1
+        release.set()
+
+    release = anyio.Event()
+    transport = httpx.MockTransport(Recorder(held))
+    async with make_client(
+        transport=transport, max_concurrency=1, max_queue_size=1, overflow="block"
+    ) as client:
+        await client.track("flying", user_id=1)
+        await anyio.sleep(0.01)
+        await client.track("queued", user_id=2)
+        with pytest.raises(QueueFullError, match="another thread"):
+            await anyio.to_thread.run_sync(lambda: client.track_nowait("E", user_id=3))
+        release.set()
+
+    release = anyio.Event()
+    transport = httpx.MockTransport(Recorder(held))
+    async with make_client(
+        transport=transport, max_concurrency=1, max_queue_size=1, overflow="drop_oldest"
+    ) as client:
+        await client.track("flying", user_id=1)
+        await anyio.sleep(0.01)
+        await client.track("evicted", user_id=2)
+        await anyio.to_thread.run_sync(lambda: client.track_nowait("kept", user_id=3))
+        await anyio.sleep(0.01)
+        assert client.stats.dropped == 1
+        release.set()
+    assert client.stats.delivered == 2
+
+
+@pytest.mark.anyio
+async def test_thread_call_racing_shutdown_is_counted(make_client: ClientFactory) -> None:
+    drops: list[DropReason] = []
+    client = make_client(on_drop=lambda event, reason: drops.append(reason))
+    await client.track("E", user_id=1)
+    # The thread hands its event over while the client is open, but the loop only runs the
+    # hand-off after aclose() began (join() blocks the loop meanwhile): it must be counted as
+    # dropped, not silently lost.
+    thread = threading.Thread(target=lambda: client.track_nowait("late", user_id=2))
+    thread.start()
+    thread.join(5)
+    await client.aclose()
+    stats = client.stats
+    assert (stats.delivered, stats.dropped) == (1, 1)
+    assert drops == [DropReason.SHUTDOWN]
+    with pytest.raises(ClientClosedError):
+        await anyio.to_thread.run_sync(lambda: client.track_nowait("E", user_id=3))
+
+
+# The loop is closed under an open client on purpose: its worker tasks die unawaited.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
+def test_thread_call_after_the_loop_stopped() -> None:
+    client = AsyncEncharge(WRITE_KEY, endpoint=ENDPOINT, transport=httpx.MockTransport(Recorder()))
+
+    async def start() -> None:
+        await client.track("E", user_id=1)
+
+    asyncio.run(start())  # the loop closes with the client still open
+    with pytest.raises(EventLoopError, match="has stopped"):
+        client.track_nowait("E", user_id=2)
+    del client
+    gc.collect()  # report the abandoned tasks here, under this test's filters
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_starts_clean() -> None:
+    recorder = Recorder()
+    client = AsyncEncharge(WRITE_KEY, endpoint=ENDPOINT, transport=httpx.MockTransport(recorder))
+    default_client = AsyncEncharge(WRITE_KEY, endpoint="http://127.0.0.1:9/v1/")
+    read_end, write_end = os.pipe()
+
+    async def parent_side() -> None:
+        await client.track("parent", user_id=1)
+        await client.flush(timeout=5)
+        release = asyncio.Event()
+
+        async def held(request: httpx.Request) -> httpx.Response:
+            await release.wait()
+            return httpx.Response(200)
+
+        recorder.respond = held
+        await client.track("pending in parent", user_id=2)
+        await asyncio.sleep(0.01)
+        await default_client.__aenter__()  # creates its own (default) transport
+        assert default_client._transport is not None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # multi-threaded fork warning
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe
+            code = 1
+            try:
+                report = child_side()
+                os.write(write_end, json.dumps(report).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        release.set()
+        await client.aclose()
+        await default_client.aclose()
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+
+    def child_side() -> dict[str, object]:  # pragma: no cover - runs in the child
+        before = client.stats
+        recorder.requests.clear()
+        recorder.respond = None
+
+        async def child_main() -> dict[str, object]:
+            await client.track("child", user_id=9, wait=True, timeout=5)
+            await client.aclose()
+            return {
+                "stats_before": [before.enqueued, before.queued, before.in_flight],
+                "default_transport_reset": default_client._transport is None,
+                "sent": [json.loads(r.content)["name"] for r in recorder.requests],
+                "delivered": client.stats.delivered,
+            }
+
+        return asyncio.run(child_main())
+
+    asyncio.run(parent_side())
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = json.loads(pipe.read() or b"{}")
+    assert report == {
+        "stats_before": [0, 0, 0],
+        "default_transport_reset": True,
+        "sent": ["child"],
+        "delivered": 1,
+    }
+    assert client.stats.delivered == 2
+
+
+@pytest.mark.anyio
+async def test_trio_and_asyncio_share_one_code_path(
+    make_client: ClientFactory, anyio_backend: str
+) -> None:
+    async with make_client() as client:
+        await client.track("E", user_id=1, wait=True)
+        assert client._binding is not None
+        assert client._binding.backend == anyio_backend
+    assert client.stats.delivered == 1
+    assert sys.modules.get("encharge_async") is not None
