@@ -52,7 +52,7 @@ from ._exceptions import (
 )
 from ._ordering import Lanes
 from ._retry import RetryPolicy, default_wait
-from ._runtime import LoopBinding, bind_current_loop, no_loop_error
+from ._runtime import LoopBinding, bind_current_loop
 from ._sender import Attempt, Outcome, Sender
 from ._stats import FlushResult, Stats
 from ._types import DropReason, OnDelivered, OnDrop, OnError, Overflow, RetryWait
@@ -545,7 +545,8 @@ class AsyncEncharge:
         elif self._overflow != "drop_oldest":
             # The calling thread has moved on; there is nobody left to wait or to raise to.
             self._drop(event, DropReason.QUEUE_FULL)
-        elif self._make_room(event):
+        else:
+            self._make_room(event)  # drop_oldest always makes room
             self._accept(event)
 
     def _is_full(self, event: Event) -> bool:
@@ -558,13 +559,13 @@ class AsyncEncharge:
         """Apply the overflow policy to a full queue; True when `event` may now be accepted."""
         if self._overflow == "drop_oldest":
             queued = self._queued
+            # An empty queue always has room: max_event_bytes <= max_queue_bytes.
             while queued and self._is_full(event):
                 oldest = next(iter(queued))
                 self._unqueue(oldest)
                 self._drop(oldest, DropReason.QUEUE_FULL)
-            if not self._is_full(event):
-                return True
-        elif self._overflow == "block":
+            return True
+        if self._overflow == "block":
             raise QueueFullError(
                 "the queue is full and overflow='block': the *_nowait methods cannot wait for "
                 "room; await the async method instead"
@@ -622,9 +623,6 @@ class AsyncEncharge:
             raise self._wrong_loop_error()
 
     def _wrong_loop_error(self) -> EventLoopError:
-        assert self._binding is not None
-        if self._binding.current() is None:
-            return no_loop_error()
         return EventLoopError(
             "this AsyncEncharge runs on another event loop (it was started there); use one "
             "client per event loop, for instance one per process created in the app's lifespan"
@@ -705,8 +703,7 @@ class AsyncEncharge:
         self._queued_bytes = 0
         self._retry_heap.clear()
         for event in left:
-            if event._state != DROPPED:
-                self._drop(event, DropReason.SHUTDOWN)
+            self._drop(event, DropReason.SHUTDOWN)
         if left:
             logger.warning(
                 "shutdown_timeout=%gs ran out: %d undelivered event(s) dropped",
@@ -736,7 +733,7 @@ class AsyncEncharge:
             self._flush_waiters.remove(waiter)
         return waiter.result()
 
-    def _after_fork_in_child(self) -> None:
+    def _after_fork_in_child(self) -> None:  # pragma: no cover - runs in forked children
         # The parent's loop, sockets and queue are not ours: start clean, lazily.
         if self._state is ClientState.CLOSED:
             return
@@ -972,7 +969,7 @@ class AsyncEncharge:
             logger.exception("%s hook raised; the event is unaffected", name)
 
 
-def _reset_clients_after_fork() -> None:
+def _reset_clients_after_fork() -> None:  # pragma: no cover - runs in forked children
     for client in list(_live_clients):
         client._after_fork_in_child()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import anyio
@@ -190,3 +191,51 @@ async def test_on_drop_receives_the_event(make_client: ClientFactory) -> None:
     (event,) = seen
     assert event.message_id == mid
     assert event.payload["properties"] == {"k": "v"}
+
+
+async def test_drop_oldest_reaches_events_parked_or_paused(make_client: ClientFactory) -> None:
+    """Evicted events waiting for a retry or sitting out a 429 pause are skipped, not sent."""
+    answers = iter([429, 200, 200])
+    recorder = Recorder(
+        lambda request: httpx.Response(next(answers), headers={"Retry-After": "0.2"})
+    )
+    dropped: list[str] = []
+    async with make_client(
+        transport=httpx.MockTransport(recorder),
+        max_concurrency=1,
+        max_queue_size=2,
+        overflow="drop_oldest",
+        on_drop=lambda event, reason: dropped.append(event.name),
+    ) as client:
+        await client.track("e1", user_id=1)  # answered 429: parked for a retry
+        await anyio.sleep(0.02)
+        await client.track("e2", user_id=2)  # taken by the worker, waits out the pause
+        await anyio.sleep(0.02)
+        await client.track("e3", user_id=3)  # evicts e1 (parked)
+        await client.track("e4", user_id=4)  # evicts e2 (paused)
+        result = await client.flush(timeout=5)
+    assert dropped == ["e1", "e2"]
+    assert result.delivered == 2
+    assert sorted(json.loads(r.content)["name"] for r in recorder.requests) == ["e1", "e3", "e4"]
+
+
+async def test_flush_counts_events_dropped_while_it_waits(make_client: ClientFactory) -> None:
+    transport, release = held_transport()
+    async with make_client(
+        transport=transport, max_concurrency=1, max_queue_size=1, overflow="drop_oldest"
+    ) as client:
+        await client.track("flying", user_id=1)
+        await anyio.sleep(0.01)
+        await client.track("evicted", user_id=2)
+        results = []
+
+        async def flush() -> None:
+            results.append(await client.flush(timeout=5))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flush)
+            await anyio.sleep(0.01)
+            await client.track("newcomer", user_id=3)
+            release.set()
+    assert results[0].dropped == 1
+    assert results[0].delivered == 1
