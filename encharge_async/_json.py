@@ -13,7 +13,7 @@ import enum
 import json
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ._exceptions import ValidationError
@@ -48,9 +48,10 @@ def _stdlib_dumps(obj: Any) -> bytes:
     return _stdlib_encoder.encode(obj).encode("utf-8")
 
 
+orjson: Any
 try:
     import orjson
-except ImportError:  # pragma: no cover - exercised by the no-orjson CI variant
+except ImportError:  # pragma: no cover - without the `fast` extra
     orjson = None
 
 
@@ -71,7 +72,7 @@ if orjson is not None:
 
     def _fast(obj: Mapping[str, Any]) -> bytes:
         try:
-            data = _orjson_dumps(obj, default=_default, option=_ORJSON_OPTIONS)
+            data: bytes = _orjson_dumps(obj, default=_default, option=_ORJSON_OPTIONS)
         except (TypeError, ValueError):
             # orjson refuses some values the stdlib takes (non-string keys, ints over 64
             # bits): let the stdlib decide, and name the offending field if it refuses too.

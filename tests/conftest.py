@@ -79,5 +79,5 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
     import anyio
 
     with anyio.fail_after(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - polling a plain predicate is the point
             await anyio.sleep(0.005)

@@ -228,7 +228,9 @@ async def test_429_pauses_every_sender(make_client: ClientFactory) -> None:
     assert result.delivered == 6
     first_time = log[0][0]
     assert all(when - first_time >= 0.29 for when, _ in log[1:])
-    assert sorted(user for _, user in log[1:]) == sorted(["first"] + [f"other-{i}" for i in range(5)])
+    assert sorted(user for _, user in log[1:]) == sorted(
+        ["first"] + [f"other-{i}" for i in range(5)]
+    )
 
 
 async def test_unexpected_transport_exception_fails_the_event_not_the_worker(
@@ -258,9 +260,7 @@ async def test_hook_exceptions_do_not_hurt_delivery(
     def explode(*args: Any) -> None:
         raise ValueError("hook bug")
 
-    recorder = Recorder(
-        lambda request: httpx.Response(400 if b"Bad" in request.content else 200)
-    )
+    recorder = Recorder(lambda request: httpx.Response(400 if b"Bad" in request.content else 200))
     async with make_client(
         transport=httpx.MockTransport(recorder),
         on_delivered=explode,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from encharge_async import AsyncEncharge, ValidationError
+from encharge_async import AsyncEncharge, Event, ValidationError
 from encharge_async._json import use_orjson
 
 from .conftest import WRITE_KEY, ClientFactory, Recorder
@@ -54,11 +54,18 @@ async def test_wire_format_of_each_call(make_client: ClientFactory, recorder: Re
             },
             {"name": "Created page", "user": {"userId": 123}},
             {"name": "identify", "user": {"tags": "vip, beta", "email": "jon@example.com"}},
-            {"type": "alias", "user": {"email": "new@example.com"},
-             "previousEmail": "old@example.com"},
+            {
+                "type": "alias",
+                "user": {"email": "new@example.com"},
+                "previousEmail": "old@example.com",
+            },
             {"type": "alias", "user": {"userId": "u-42"}, "previousUserId": "42"},
-            {"type": "group", "objectType": "company",
-             "properties": {"externalId": "acme", "name": "Acme"}, "user": {"userId": "42"}},
+            {
+                "type": "group",
+                "objectType": "company",
+                "properties": {"externalId": "acme", "name": "Acme"},
+                "user": {"userId": "42"},
+            },
             {"type": "group", "objectType": "company", "properties": {"name": "Solo"}},
         ],
         key=repr,
@@ -73,14 +80,25 @@ async def test_nowait_twins_send_the_same_wire_format(
         client.identify_nowait(user_id=7, user={"lastName": "Doe"})
         client.alias_nowait(previous_user_id=7, user_id=8, email="b@example.com")
         client.group_nowait("team", {"id": "t1"}, email="a@example.com")
-    assert sorted(recorder.bodies, key=repr) == sorted([
-        {"name": "Paid", "user": {"email": "a@example.com"}, "properties": {"n": 1},
-         "sourceIp": "::1"},
-        {"name": "identify", "user": {"lastName": "Doe", "userId": 7}},
-        {"type": "alias", "user": {"email": "b@example.com", "userId": 8}, "previousUserId": 7},
-        {"type": "group", "objectType": "team", "properties": {"id": "t1"},
-         "user": {"email": "a@example.com"}},
-    ], key=repr)
+    assert sorted(recorder.bodies, key=repr) == sorted(
+        [
+            {
+                "name": "Paid",
+                "user": {"email": "a@example.com"},
+                "properties": {"n": 1},
+                "sourceIp": "::1",
+            },
+            {"name": "identify", "user": {"lastName": "Doe", "userId": 7}},
+            {"type": "alias", "user": {"email": "b@example.com", "userId": 8}, "previousUserId": 7},
+            {
+                "type": "group",
+                "objectType": "team",
+                "properties": {"id": "t1"},
+                "user": {"email": "a@example.com"},
+            },
+        ],
+        key=repr,
+    )
 
 
 async def test_returns_message_id_sent_as_idempotency_key(
@@ -120,7 +138,7 @@ async def test_rich_values_become_json(
                 "big": 2**70,
                 "n": 1.5,
                 "none": None,
-                1: "int key",
+                1: "int key",  # type: ignore[dict-item]
             },
         )
     body = recorder.bodies[0]
@@ -172,15 +190,23 @@ BAD_TRACK_CALLS: list[tuple[dict[str, Any], str]] = [
     ({"name": "E", "user_id": 1, "source_ip": 17}, "source_ip must be a string"),
     ({"name": "E", "user_id": 1, "properties": {"x": float("nan")}}, "properties.x: nan"),
     ({"name": "E", "user_id": 1, "properties": {"x": [float("inf")]}}, "properties.x[0]: inf"),
-    ({"name": "E", "user_id": 1, "properties": {"x": decimal.Decimal("NaN")}},
-     "properties.x: Decimal value is not finite"),
-    ({"name": "E", "user_id": 1, "properties": {"x": object()}},
-     "properties.x: Object of type object is not JSON serializable"),
-    ({"name": "E", "user_id": 1, "user": {"a": {"b": b"bytes"}}},
-     "user.a.b: Object of type bytes"),
-    ({"name": "E", "user_id": 1, "properties": {(1, 2): "tuple key"}}, "key (1, 2) is not a string"),
-    ({"name": "E", "email": "a@example.com", "user": {"email": "b@example.com"}},
-     "conflicts with user['email']"),
+    (
+        {"name": "E", "user_id": 1, "properties": {"x": decimal.Decimal("NaN")}},
+        "properties.x: Decimal value is not finite",
+    ),
+    (
+        {"name": "E", "user_id": 1, "properties": {"x": object()}},
+        "properties.x: Object of type object is not JSON serializable",
+    ),
+    ({"name": "E", "user_id": 1, "user": {"a": {"b": b"bytes"}}}, "user.a.b: Object of type bytes"),
+    (
+        {"name": "E", "user_id": 1, "properties": {(1, 2): "tuple key"}},
+        "key (1, 2) is not a string",
+    ),
+    (
+        {"name": "E", "email": "a@example.com", "user": {"email": "b@example.com"}},
+        "conflicts with user['email']",
+    ),
     ({"name": "E", "user_id": 1, "user": {"userId": 2}}, "conflicts with user['userId']"),
 ]
 
@@ -273,14 +299,17 @@ async def test_bad_input_leaves_the_queue_and_worker_alone(
 
 
 async def test_event_payload_and_repr(make_client: ClientFactory) -> None:
-    seen = []
+    seen: list[Event] = []
     async with make_client(on_delivered=seen.append) as client:
         mid = await client.track("Paid", email="a@example.com", properties={"n": 1})
     (event,) = seen
     assert event.message_id == mid
     assert event.name == "Paid"
-    assert event.payload == {"name": "Paid", "user": {"email": "a@example.com"},
-                             "properties": {"n": 1}}
+    assert event.payload == {
+        "name": "Paid",
+        "user": {"email": "a@example.com"},
+        "properties": {"n": 1},
+    }
     assert event.size == len(event.body)
     assert event.attempts == 1
     assert repr(event) == f"<Event 'Paid' message_id={mid!r} size={event.size}>"

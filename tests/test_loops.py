@@ -140,10 +140,10 @@ async def test_thread_call_racing_shutdown_is_counted(make_client: ClientFactory
 def test_thread_call_after_the_loop_stopped() -> None:
     client = AsyncEncharge(WRITE_KEY, endpoint=ENDPOINT, transport=httpx.MockTransport(Recorder()))
 
-    async def start() -> None:
+    async def start(client: AsyncEncharge) -> None:
         await client.track("E", user_id=1)
 
-    asyncio.run(start())  # the loop closes with the client still open
+    asyncio.run(start(client))  # the loop closes with the client still open
     with pytest.raises(EventLoopError, match="has stopped"):
         client.track_nowait("E", user_id=2)
     del client
@@ -185,7 +185,7 @@ def test_forked_child_starts_clean() -> None:
         release.set()
         await client.aclose()
         await default_client.aclose()
-        _, status = os.waitpid(pid, 0)
+        _, status = await anyio.to_thread.run_sync(os.waitpid, pid, 0)
         assert os.WEXITSTATUS(status) == 0
 
     def child_side() -> dict[str, object]:  # pragma: no cover - runs in the child

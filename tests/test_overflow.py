@@ -141,7 +141,7 @@ async def test_block_raises_queue_full_after_timeout(make_client: ClientFactory)
         await client.track("flying", user_id=1)
         await anyio.sleep(0.01)
         await client.track("queued", user_id=2)
-        with pytest.raises(QueueFullError, match="no room in the queue within 0.05s"):
+        with pytest.raises(QueueFullError, match=r"no room in the queue within 0\.05s"):
             await client.track("E", user_id=3, timeout=0.05)
         with pytest.raises(QueueFullError, match="cannot wait for room"):
             client.track_nowait("E", user_id=4)

@@ -36,6 +36,8 @@ def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> N
 def test_http_date_uses_the_wall_clock_by_default() -> None:
     import time
 
-    value = parse_retry_after({"retry-after": email.utils.formatdate(time.time() + 60, usegmt=True)})
+    value = parse_retry_after(
+        {"retry-after": email.utils.formatdate(time.time() + 60, usegmt=True)}
+    )
     assert value is not None
     assert 55 <= value <= 60
