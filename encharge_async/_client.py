@@ -244,14 +244,17 @@ class AsyncEncharge:
         user: Mapping[str, Any] | None = None,
         properties: Mapping[str, Any] | None = None,
         source_ip: str | None = None,
+        message_id: str | None = None,
         wait: bool = False,
         timeout: float | None = None,
     ) -> str:
         """Queue an event about a person; return its message id.
 
         `email` / `user_id` identify the person (at least one, here or in `user`); other
-        `user` fields update the person; `properties` describe the event. With `wait=True`,
-        return only once Encharge accepted it. `timeout` bounds the wait for room (under
+        `user` fields update the person; `properties` describe the event. `message_id`
+        (default: a fresh unique id) is sent as the `Idempotency-Key` header; pass your own
+        to make re-sends of one event recognisable. With `wait=True`, return only once
+        Encharge accepted it. `timeout` bounds the wait for room (under
         `overflow="block"`) and for delivery (with `wait=True`).
 
         Raises:
@@ -270,6 +273,7 @@ class AsyncEncharge:
             properties=properties,
             source_ip=source_ip,
             max_bytes=self._max_event_bytes,
+            message_id=message_id,
         )
         return await self._submit(event, wait, timeout)
 
@@ -279,6 +283,7 @@ class AsyncEncharge:
         email: str | None = None,
         user_id: str | int | None = None,
         user: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
         wait: bool = False,
         timeout: float | None = None,
     ) -> str:
@@ -287,7 +292,11 @@ class AsyncEncharge:
         Raises the same errors as `track`.
         """
         event = build_identify(
-            email=email, user_id=user_id, user=user, max_bytes=self._max_event_bytes
+            email=email,
+            user_id=user_id,
+            user=user,
+            max_bytes=self._max_event_bytes,
+            message_id=message_id,
         )
         return await self._submit(event, wait, timeout)
 
@@ -298,6 +307,7 @@ class AsyncEncharge:
         previous_user_id: str | int | None = None,
         email: str | None = None,
         user_id: str | int | None = None,
+        message_id: str | None = None,
         wait: bool = False,
         timeout: float | None = None,
     ) -> str:
@@ -312,6 +322,7 @@ class AsyncEncharge:
             email=email,
             user_id=user_id,
             max_bytes=self._max_event_bytes,
+            message_id=message_id,
         )
         return await self._submit(event, wait, timeout)
 
@@ -323,6 +334,7 @@ class AsyncEncharge:
         email: str | None = None,
         user_id: str | int | None = None,
         user: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
         wait: bool = False,
         timeout: float | None = None,
     ) -> str:
@@ -339,6 +351,7 @@ class AsyncEncharge:
             user_id=user_id,
             user=user,
             max_bytes=self._max_event_bytes,
+            message_id=message_id,
         )
         return await self._submit(event, wait, timeout)
 
@@ -351,6 +364,7 @@ class AsyncEncharge:
         user: Mapping[str, Any] | None = None,
         properties: Mapping[str, Any] | None = None,
         source_ip: str | None = None,
+        message_id: str | None = None,
     ) -> str:
         """`track` for plain functions: queue the event without awaiting; return its id.
 
@@ -371,6 +385,7 @@ class AsyncEncharge:
             properties=properties,
             source_ip=source_ip,
             max_bytes=self._max_event_bytes,
+            message_id=message_id,
         )
         self._put_nowait(event)
         return event.message_id
@@ -381,10 +396,15 @@ class AsyncEncharge:
         email: str | None = None,
         user_id: str | int | None = None,
         user: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
     ) -> str:
         """`identify` for plain functions; raises like `track_nowait`."""
         event = build_identify(
-            email=email, user_id=user_id, user=user, max_bytes=self._max_event_bytes
+            email=email,
+            user_id=user_id,
+            user=user,
+            max_bytes=self._max_event_bytes,
+            message_id=message_id,
         )
         self._put_nowait(event)
         return event.message_id
@@ -396,6 +416,7 @@ class AsyncEncharge:
         previous_user_id: str | int | None = None,
         email: str | None = None,
         user_id: str | int | None = None,
+        message_id: str | None = None,
     ) -> str:
         """`alias` for plain functions; raises like `track_nowait`."""
         event = build_alias(
@@ -404,6 +425,7 @@ class AsyncEncharge:
             email=email,
             user_id=user_id,
             max_bytes=self._max_event_bytes,
+            message_id=message_id,
         )
         self._put_nowait(event)
         return event.message_id
@@ -416,6 +438,7 @@ class AsyncEncharge:
         email: str | None = None,
         user_id: str | int | None = None,
         user: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
     ) -> str:
         """`group` for plain functions; raises like `track_nowait`."""
         event = build_group(
@@ -425,6 +448,7 @@ class AsyncEncharge:
             user_id=user_id,
             user=user,
             max_bytes=self._max_event_bytes,
+            message_id=message_id,
         )
         self._put_nowait(event)
         return event.message_id

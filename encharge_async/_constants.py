@@ -28,6 +28,9 @@ BACKOFF_MAX: Final = 30.0
 RETRY_AFTER_MAX: Final = 120.0
 RETRYABLE_STATUS_CODES: Final = frozenset({408, 429, 500, 502, 503, 504})
 
+# A caller-chosen message id (the Idempotency-Key header) is at most this long.
+MAX_MESSAGE_ID_CHARS: Final = 200
+
 # Error bodies are read up to this many bytes; longer ones are truncated in errors.
 MAX_ERROR_BODY_BYTES: Final = 4096
 ERROR_BODY_PREVIEW_CHARS: Final = 500

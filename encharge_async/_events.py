@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from . import _json
+from ._constants import MAX_MESSAGE_ID_CHARS
 from ._exceptions import ValidationError
 
 __all__ = ["Event", "build_alias", "build_group", "build_identify", "build_track"]
@@ -52,8 +53,10 @@ class Event:
         "size",
     )
 
-    def __init__(self, name: str, body: bytes, keys: tuple[str, ...]) -> None:
-        self.message_id = _new_message_id()
+    def __init__(
+        self, name: str, body: bytes, keys: tuple[str, ...], message_id: str | None = None
+    ) -> None:
+        self.message_id = _new_message_id() if message_id is None else message_id
         self.name = name
         self.body = body
         self.size = len(body)
@@ -177,13 +180,36 @@ def _person_keys(person: Mapping[str, Any]) -> tuple[str, ...]:
     return ()
 
 
-def _finish(name: str, wire: dict[str, Any], keys: tuple[str, ...], max_bytes: int) -> Event:
+def _finish(
+    name: str,
+    wire: dict[str, Any],
+    keys: tuple[str, ...],
+    max_bytes: int,
+    message_id: str | None,
+) -> Event:
     body = _json.dumps(wire)
     if len(body) > max_bytes:
         raise ValidationError(
             f"event {name!r} is {len(body)} bytes serialised, over max_event_bytes={max_bytes}"
         )
-    return Event(name, body, keys)
+    if message_id is not None:
+        _check_message_id(message_id)
+    return Event(name, body, keys, message_id)
+
+
+def _check_message_id(message_id: object) -> None:
+    # It travels as the Idempotency-Key header: printable ASCII, no spaces, bounded.
+    if (
+        not isinstance(message_id, str)
+        or not 0 < len(message_id) <= MAX_MESSAGE_ID_CHARS
+        or not message_id.isascii()
+        or not message_id.isprintable()
+        or " " in message_id
+    ):
+        raise ValidationError(
+            f"message_id must be 1 to {MAX_MESSAGE_ID_CHARS} printable ASCII characters "
+            f"without spaces, got {_describe(message_id)}"
+        )
 
 
 def build_track(
@@ -195,6 +221,7 @@ def build_track(
     properties: Mapping[str, Any] | None,
     source_ip: str | None,
     max_bytes: int,
+    message_id: str | None = None,
 ) -> Event:
     if not isinstance(name, str) or not name.strip():
         raise ValidationError(f"name must be a non-empty string, got {_describe(name)}")
@@ -207,7 +234,7 @@ def build_track(
         wire["properties"] = _check_mapping(properties, "properties")
     if source_ip is not None:
         wire["sourceIp"] = _check_ip(source_ip)
-    return _finish(name, wire, keys, max_bytes)
+    return _finish(name, wire, keys, max_bytes, message_id)
 
 
 def build_identify(
@@ -216,12 +243,15 @@ def build_identify(
     user_id: str | int | None,
     user: Mapping[str, Any] | None,
     max_bytes: int,
+    message_id: str | None = None,
 ) -> Event:
     person = _person(user, email, user_id, "user")
     keys = _person_keys(person)
     if not keys:
         raise ValidationError("identify needs an email or a user_id to identify the person")
-    return _finish("identify", {"name": "identify", "user": person}, keys, max_bytes)
+    return _finish(
+        "identify", {"name": "identify", "user": person}, keys, max_bytes, message_id
+    )
 
 
 def build_alias(
@@ -231,6 +261,7 @@ def build_alias(
     email: str | None,
     user_id: str | int | None,
     max_bytes: int,
+    message_id: str | None = None,
 ) -> Event:
     if previous_email is None and previous_user_id is None:
         raise ValidationError("alias needs previous_email or previous_user_id (the old identifier)")
@@ -247,7 +278,7 @@ def build_alias(
     # An alias orders after everything queued for the old identifiers and before everything
     # queued later for the new ones, so it carries both sets of keys.
     keys = _person_keys(previous) + _person_keys(wire["user"])
-    return _finish("alias", wire, tuple(dict.fromkeys(keys)), max_bytes)
+    return _finish("alias", wire, tuple(dict.fromkeys(keys)), max_bytes, message_id)
 
 
 def build_group(
@@ -258,6 +289,7 @@ def build_group(
     user_id: str | int | None,
     user: Mapping[str, Any] | None,
     max_bytes: int,
+    message_id: str | None = None,
 ) -> Event:
     if not isinstance(object_type, str) or not object_type.strip():
         raise ValidationError(
@@ -276,7 +308,7 @@ def build_group(
     object_id = fields.get("externalId", fields.get("id"))
     if object_id is not None:
         keys += (f"o:{object_type}:{object_id}",)
-    return _finish("group", wire, keys, max_bytes)
+    return _finish("group", wire, keys, max_bytes, message_id)
 
 
 def _check_ip(source_ip: object) -> str:

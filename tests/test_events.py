@@ -313,3 +313,20 @@ async def test_event_payload_and_repr(make_client: ClientFactory) -> None:
     assert event.size == len(event.body)
     assert event.attempts == 1
     assert repr(event) == f"<Event 'Paid' message_id={mid!r} size={event.size}>"
+
+
+async def test_caller_chosen_message_id(make_client: ClientFactory, recorder: Recorder) -> None:
+    async with make_client(max_concurrency=1) as client:
+        assert await client.track("E", user_id=1, message_id="order-1001") == "order-1001"
+        assert client.identify_nowait(user_id=1, message_id="id-2") == "id-2"
+        await client.alias(previous_user_id=1, user_id=2, message_id="alias-3")
+        client.group_nowait("company", {"id": 1}, message_id="group-4")
+    keys = sorted(r.headers["idempotency-key"] for r in recorder.requests)
+    assert keys == ["alias-3", "group-4", "id-2", "order-1001"]
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "x" * 201, "caf\u00e9", "line\nbreak", 42])
+def test_bad_message_id(bad: Any) -> None:
+    client = AsyncEncharge(WRITE_KEY)
+    with pytest.raises(ValidationError, match="message_id must be 1 to 200 printable ASCII"):
+        client.track_nowait("E", user_id=1, message_id=bad)
