@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m encharge_async demo
+	$(BIN)/encharge-async demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check encharge_async tests benchmarks

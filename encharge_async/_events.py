@@ -249,9 +249,7 @@ def build_identify(
     keys = _person_keys(person)
     if not keys:
         raise ValidationError("identify needs an email or a user_id to identify the person")
-    return _finish(
-        "identify", {"name": "identify", "user": person}, keys, max_bytes, message_id
-    )
+    return _finish("identify", {"name": "identify", "user": person}, keys, max_bytes, message_id)
 
 
 def build_alias(

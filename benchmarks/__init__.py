@@ -1,0 +1,1 @@
+"""Benchmarks of encharge_async (run with `make bench`); see docs/performance.md."""
