@@ -27,8 +27,13 @@ async def floor_asyncio_queue(events: int) -> list[int]:
     clock = time.perf_counter_ns
     for i in range(events):
         start = clock()
-        queue.put_nowait({"name": "Registered user", "user": {"userId": str(i)},
-                          "properties": {"plan": "Premium"}})
+        queue.put_nowait(
+            {
+                "name": "Registered user",
+                "user": {"userId": str(i)},
+                "properties": {"plan": "Premium"},
+            }
+        )
         timings.append(clock() - start)
     return timings
 
