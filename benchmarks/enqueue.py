@@ -11,13 +11,14 @@ import asyncio
 import gc
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import httpx
 
 from encharge_async import AsyncEncharge
 
-Candidate = Callable[[int], Awaitable[list[int]]]
+Candidate = Callable[[int], Coroutine[Any, Any, list[int]]]
 
 
 async def floor_asyncio_queue(events: int) -> list[int]:
@@ -84,7 +85,7 @@ def measure(events: int, repeats: int) -> dict[str, dict[str, float]]:
         medians, p99s = [], []
         for _ in range(repeats):
             gc.collect()
-            timings = sorted(asyncio.run(candidate(events)))
+            timings: list[int] = sorted(asyncio.run(candidate(events)))
             medians.append(timings[len(timings) // 2] / 1000)
             p99s.append(timings[int(len(timings) * 0.99)] / 1000)
         results[name] = {
