@@ -9,7 +9,7 @@ import os
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Final
 
@@ -101,6 +101,10 @@ class _FlushWaiter:
 _live_clients: weakref.WeakSet[AsyncEncharge] = weakref.WeakSet()
 
 
+def _no_loop() -> object | None:
+    return None
+
+
 class AsyncEncharge:
     """An asyncio (and trio) client for the Encharge Ingest API.
 
@@ -172,6 +176,7 @@ class AsyncEncharge:
         """Fresh queue, counters and runtime state (at construction, and in a forked child)."""
         self._binding: LoopBinding | None = None
         self._loop_token: object = None
+        self._current_loop: Callable[[], object | None] = _no_loop
         self._queued: OrderedDict[Event, None] = OrderedDict()
         self._queued_bytes = 0
         self._in_flight: set[Event] = set()
@@ -520,6 +525,7 @@ class AsyncEncharge:
     async def _submit(self, event: Event, wait: bool, timeout: float | None) -> str:
         if wait:
             event._waiter = anyio.Event()
+            event._error = None
         if self._overflow == "block":
             await self._put_blocking(event, DEFAULT_BLOCK_TIMEOUT if timeout is None else timeout)
         else:
@@ -531,7 +537,7 @@ class AsyncEncharge:
     def _put_nowait(self, event: Event) -> None:
         """The hot path: checks, bound test, queue. No locks, no I/O, no task."""
         if (
-            self._state is not _OPEN or self._binding.current() is not self._loop_token  # type: ignore[union-attr]
+            self._state is not _OPEN or self._current_loop() is not self._loop_token
         ) and self._enter_loop_or_thread(event):
             return
         if (
@@ -627,7 +633,7 @@ class AsyncEncharge:
 
     def _put_nowait_or_full(self, event: Event) -> None:
         """Accept `event` if it fits; leave `event.seq` at 0 when the queue is full."""
-        if self._state is not _OPEN or self._binding.current() is not self._loop_token:  # type: ignore[union-attr]
+        if self._state is not _OPEN or self._current_loop() is not self._loop_token:
             self._enter_loop()
         if not self._is_full(event):
             self._accept(event)
@@ -665,6 +671,7 @@ class AsyncEncharge:
     def _start(self, binding: LoopBinding) -> None:
         self._binding = binding
         self._loop_token = binding.token
+        self._current_loop = binding.current
         self._closing = anyio.Event()
         self._closed = anyio.Event()
         self._runner_scope = anyio.CancelScope()
@@ -838,7 +845,6 @@ class AsyncEncharge:
             },
         )
         event._state = QUEUED
-        event._due = due
         self._queued[event] = None
         self._queued.move_to_end(event, last=False)
         self._queued_bytes += event.size

@@ -37,7 +37,6 @@ class Event:
 
     __slots__ = (
         "_deadline",
-        "_due",
         "_error",
         "_retry_state",
         "_state",
@@ -45,7 +44,6 @@ class Event:
         "_waiting",
         "attempts",
         "body",
-        "enqueued_at",
         "keys",
         "message_id",
         "name",
@@ -53,24 +51,28 @@ class Event:
         "size",
     )
 
+    _deadline: float
+    _retry_state: Any
+    _error: Exception | None
+    _waiting: int  # set by Lanes.admit
+
+    # Only what every event needs is set here: this runs on the caller's line. `_deadline`
+    # (set by the worker at the first attempt), `_retry_state` (on the first retry),
+    # `_error` (when it fails, or when a caller waits) and `_waiting` (when it is queued)
+    # are written before they are read.
     def __init__(
         self, name: str, body: bytes, keys: tuple[str, ...], message_id: str | None = None
     ) -> None:
-        self.message_id = _new_message_id() if message_id is None else message_id
+        # Inlined _new_message_id(): this runs on every call.
+        self.message_id = f"{_prefix}{next(_counter):012x}" if message_id is None else message_id
         self.name = name
         self.body = body
         self.size = len(body)
         self.keys = keys
         self.attempts = 0
         self.seq = 0
-        self.enqueued_at = 0.0
         self._state = QUEUED
-        self._waiting = 0
         self._waiter: Any = None
-        self._error: Exception | None = None
-        self._retry_state: Any = None
-        self._deadline = 0.0
-        self._due = 0.0
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -117,7 +119,7 @@ def _check_email(email: object, field: str) -> str:
 def _check_user_id(user_id: object, field: str) -> str | int:
     if isinstance(user_id, bool) or not isinstance(user_id, (str, int)):
         raise ValidationError(f"{field} must be a string or an int, got {_describe(user_id)}")
-    if isinstance(user_id, str) and not user_id.strip():
+    if isinstance(user_id, str) and (not user_id or user_id.isspace()):
         raise ValidationError(f"{field} must not be empty")
     return user_id
 
@@ -140,15 +142,39 @@ def _person(
     email: str | None,
     user_id: str | int | None,
     field: str,
-) -> dict[str, Any]:
-    """Merge the email / user_id keywords into a copy of `user`, validating identifiers."""
-    if user is None:  # the common case, kept short: it runs on every call
-        person: dict[str, Any] = {}
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Merge the email / user_id keywords into a copy of `user`, validating identifiers.
+
+    Returns the person and its ordering keys: one per identifier, so that events sharing
+    either identifier stay in order.
+    """
+    if user is not None:
+        return _person_from_mapping(user, email, user_id, field)
+    # The common case, kept to plain type checks: it runs on every call.
+    person: dict[str, Any] = {}
+    if email is not None:
+        if email.__class__ is not str or "@" not in email:
+            _check_email(email, "email")
+        person["email"] = email
+    if user_id is not None:
+        cls = user_id.__class__
+        if not (cls is int or (cls is str and user_id and not user_id.isspace())):  # type: ignore[union-attr]
+            _check_user_id(user_id, "user_id")
+        person["userId"] = user_id
         if email is not None:
-            person["email"] = _check_email(email, "email")
-        if user_id is not None:
-            person["userId"] = _check_user_id(user_id, "user_id")
-        return person
+            return person, (f"u:{user_id}", f"e:{email.lower()}")
+        return person, (f"u:{user_id}",)
+    if email is not None:
+        return person, (f"e:{email.lower()}",)
+    return person, ()
+
+
+def _person_from_mapping(
+    user: Mapping[str, Any],
+    email: str | None,
+    user_id: str | int | None,
+    field: str,
+) -> tuple[dict[str, Any], tuple[str, ...]]:
     person = dict(_check_mapping(user, field))
     if email is not None:
         known = person.get("email")
@@ -164,7 +190,7 @@ def _person(
         _check_email(person["email"], f"{field}.email")
     if "userId" in person:
         _check_user_id(person["userId"], f"{field}.userId")
-    return person
+    return person, _person_keys(person)
 
 
 def _person_keys(person: Mapping[str, Any]) -> tuple[str, ...]:
@@ -223,15 +249,16 @@ def build_track(
     max_bytes: int,
     message_id: str | None = None,
 ) -> Event:
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(name, str) or not name or name.isspace():
         raise ValidationError(f"name must be a non-empty string, got {_describe(name)}")
-    person = _person(user, email, user_id, "user")
-    keys = _person_keys(person)
+    person, keys = _person(user, email, user_id, "user")
     if not keys:
         raise ValidationError(f"event {name!r} needs an email or a user_id to identify the person")
     wire: dict[str, Any] = {"name": name, "user": person}
     if properties is not None:
-        wire["properties"] = _check_mapping(properties, "properties")
+        if properties.__class__ is not dict:
+            _check_mapping(properties, "properties")
+        wire["properties"] = properties
     if source_ip is not None:
         wire["sourceIp"] = _check_ip(source_ip)
     return _finish(name, wire, keys, max_bytes, message_id)
@@ -245,8 +272,7 @@ def build_identify(
     max_bytes: int,
     message_id: str | None = None,
 ) -> Event:
-    person = _person(user, email, user_id, "user")
-    keys = _person_keys(person)
+    person, keys = _person(user, email, user_id, "user")
     if not keys:
         raise ValidationError("identify needs an email or a user_id to identify the person")
     return _finish("identify", {"name": "identify", "user": person}, keys, max_bytes, message_id)
@@ -265,7 +291,8 @@ def build_alias(
         raise ValidationError("alias needs previous_email or previous_user_id (the old identifier)")
     if email is None and user_id is None:
         raise ValidationError("alias needs email or user_id (the new identifier)")
-    wire: dict[str, Any] = {"type": "alias", "user": _person(None, email, user_id, "user")}
+    new_person, new_keys = _person(None, email, user_id, "user")
+    wire: dict[str, Any] = {"type": "alias", "user": new_person}
     previous: dict[str, Any] = {}
     if previous_email is not None:
         previous["email"] = wire["previousEmail"] = _check_email(previous_email, "previous_email")
@@ -275,7 +302,7 @@ def build_alias(
         )
     # An alias orders after everything queued for the old identifiers and before everything
     # queued later for the new ones, so it carries both sets of keys.
-    keys = _person_keys(previous) + _person_keys(wire["user"])
+    keys = _person_keys(previous) + new_keys
     return _finish("alias", wire, tuple(dict.fromkeys(keys)), max_bytes, message_id)
 
 
@@ -297,8 +324,7 @@ def build_group(
     wire: dict[str, Any] = {"type": "group", "objectType": object_type, "properties": fields}
     keys: tuple[str, ...] = ()
     if user is not None or email is not None or user_id is not None:
-        person = _person(user, email, user_id, "user")
-        keys = _person_keys(person)
+        person, keys = _person(user, email, user_id, "user")
         if not keys:
             raise ValidationError("group's user needs an email or a user_id")
         wire["user"] = person

@@ -80,7 +80,7 @@ class RetryPolicy:
         """The delay before the next attempt of `event`, or why it gets no more attempts."""
         if event.attempts > self.max_retries:
             return f"gave up after {event.attempts} attempts (max_retries={self.max_retries})"
-        state = event._retry_state
+        state = getattr(event, "_retry_state", None)
         if state is None:
             state = event._retry_state = tenacity.RetryCallState(self._retrying, None, (), {})
         state.attempt_number = event.attempts
