@@ -6,6 +6,7 @@ import enum
 import heapq
 import logging
 import os
+import ssl
 import time
 import weakref
 from collections import OrderedDict, deque
@@ -188,8 +189,11 @@ class AsyncEncharge:
         self._enqueued = self._delivered = self._failed = self._dropped = self._retried = 0
         self._drops_unreported = 0
         self._last_drop_warning = -DROP_WARNING_INTERVAL
-        self._transport: httpx.AsyncBaseTransport | None = None
-        self._sender: Sender | None = None
+        # Without a transport of the user's, each worker gets a one-connection transport of
+        # its own: httpcore's shared pool costs O(requests x connections) CPU per request.
+        self._transports: list[httpx.AsyncBaseTransport] = []
+        self._shared_sender: Sender | None = None
+        self._ssl_context: ssl.SSLContext | None = None
         # Events heading all their lanes, and the idle workers waiting for one.
         self._ready: deque[Event] = deque()
         self._idle_workers: deque[anyio.Event] = deque()
@@ -506,8 +510,8 @@ class AsyncEncharge:
         finally:
             with anyio.CancelScope(shield=True):
                 left = await self._stop_runner()
-                if self._transport is not None:
-                    await self._close_transport(self._transport)
+                for transport in self._transports:
+                    await self._close_transport(transport)
                 result = self._close_result = FlushResult(
                     delivered=drained.delivered,
                     failed=drained.failed,
@@ -676,16 +680,9 @@ class AsyncEncharge:
         self._closed = anyio.Event()
         self._runner_scope = anyio.CancelScope()
         self._runner_done = anyio.Event()
-        transport = self._user_transport
-        if transport is None:
-            transport = httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(
-                    max_connections=self._max_concurrency,
-                    max_keepalive_connections=self._max_concurrency,
-                ),
-            )
-        self._transport = transport
-        self._sender = Sender(transport, self._url, self._write_key, self._timeout)
+        if self._user_transport is not None:
+            self._transports = [self._user_transport]
+            self._shared_sender = self._make_sender(self._user_transport)
         self._state = _OPEN
         self._runner = binding.spawn(self._run)
 
@@ -694,6 +691,9 @@ class AsyncEncharge:
         assert self._runner_done is not None
         try:
             with self._runner_scope:
+                if self._user_transport is None:
+                    # Loading the CA bundle takes ~20 ms: keep it off the event loop.
+                    self._ssl_context = await anyio.to_thread.run_sync(httpx.create_ssl_context)
                 async with anyio.create_task_group() as tg:
                     for _ in range(self._max_concurrency):
                         tg.start_soon(self._worker)
@@ -773,7 +773,21 @@ class AsyncEncharge:
 
     # -- delivery ----------------------------------------------------------------------------
 
+    def _make_sender(self, transport: httpx.AsyncBaseTransport) -> Sender:
+        return Sender(transport, self._url, self._write_key, self._timeout)
+
+    def _worker_sender(self) -> Sender:
+        if self._shared_sender is not None:
+            return self._shared_sender
+        transport = httpx.AsyncHTTPTransport(
+            verify=self._ssl_context or True,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
+        self._transports.append(transport)
+        return self._make_sender(transport)
+
     async def _worker(self) -> None:
+        sender = self._worker_sender()
         ready = self._ready
         while True:
             if not ready:
@@ -783,14 +797,14 @@ class AsyncEncharge:
                 continue
             event = ready.popleft()
             try:
-                await self._deliver(event)
+                await self._deliver(event, sender)
             except Exception:  # pragma: no cover - a bug; the worker must survive it
                 logger.exception("delivery of message %s crashed", event.message_id)
                 if event._state == IN_FLIGHT:
                     self._in_flight.discard(event)
                     self._finish_failed(event, Attempt(Outcome.FAILED, reason="internal error"))
 
-    async def _deliver(self, event: Event) -> None:
+    async def _deliver(self, event: Event, sender: Sender) -> None:
         if event._state == DROPPED:
             self._release(event)
             return
@@ -808,8 +822,7 @@ class AsyncEncharge:
         else:
             self._retried += 1
         event.attempts += 1
-        assert self._sender is not None
-        attempt = await self._sender.send(event)
+        attempt = await sender.send(event)
         self._in_flight.discard(event)
         if attempt.outcome is Outcome.DELIVERED:
             self._finish(event, DELIVERED)

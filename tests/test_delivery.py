@@ -335,15 +335,23 @@ async def test_cancelled_waiter_is_not_retried_and_event_still_delivered(
 async def test_default_transport_with_respx_and_tls_verification() -> None:
     with respx.mock(assert_all_called=True) as router:
         route = router.post(ENDPOINT).mock(return_value=httpx.Response(200, json={}))
-        async with encharge_async.AsyncEncharge(WRITE_KEY, endpoint=ENDPOINT) as client:
-            await client.track("E", user_id=1, wait=True)
-            transport = client._transport
-            assert isinstance(transport, httpx.AsyncHTTPTransport)
-            context = transport._pool._ssl_context
-            assert context is not None
-            assert context.verify_mode == ssl.CERT_REQUIRED
-            assert context.check_hostname
-    assert route.call_count == 1
+        async with encharge_async.AsyncEncharge(
+            WRITE_KEY, endpoint=ENDPOINT, max_concurrency=3
+        ) as client:
+            for i in range(6):
+                await client.track("E", user_id=i)
+            await client.track("E", user_id=9, wait=True)
+            await client.flush(timeout=5)
+            # One single-connection transport per worker, all verifying TLS certificates.
+            assert len(client._transports) == 3
+            for transport in client._transports:
+                assert isinstance(transport, httpx.AsyncHTTPTransport)
+                assert transport._pool._max_connections == 1
+                context = transport._pool._ssl_context
+                assert context is not None
+                assert context.verify_mode == ssl.CERT_REQUIRED
+                assert context.check_hostname
+    assert route.call_count == 7
     assert route.calls[0].request.headers["x-encharge-token"] == WRITE_KEY
 
 

@@ -169,8 +169,9 @@ def test_forked_child_starts_clean() -> None:
         recorder.respond = held
         await client.track("pending in parent", user_id=2)
         await asyncio.sleep(0.01)
-        await default_client.__aenter__()  # creates its own (default) transport
-        assert default_client._transport is not None
+        await default_client.__aenter__()  # starts workers with their own transports
+        await asyncio.sleep(0.1)
+        assert default_client._transports
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # multi-threaded fork warning
             pid = os.fork()
@@ -198,7 +199,7 @@ def test_forked_child_starts_clean() -> None:
             await client.aclose()
             return {
                 "stats_before": [before.enqueued, before.queued, before.in_flight],
-                "default_transport_reset": default_client._transport is None,
+                "default_transport_reset": default_client._transports == [],
                 "sent": [json.loads(r.content)["name"] for r in recorder.requests],
                 "delivered": client.stats.delivered,
             }
