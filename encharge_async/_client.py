@@ -184,6 +184,8 @@ class AsyncEncharge:
         self._lanes = Lanes()
         self._retry_heap: list[tuple[float, int, Event]] = []
         self._flush_waiters: list[_FlushWaiter] = []
+        # Called with (event, seconds from its first attempt) as each event is delivered.
+        self._delivery_listeners: list[Callable[[Event, float], None]] = []
         self._paused_until = 0.0
         self._close_deadline = 0.0
         self._enqueued = self._delivered = self._failed = self._dropped = self._retried = 0
@@ -946,8 +948,13 @@ class AsyncEncharge:
             for waiter in self._flush_waiters:
                 if event.seq <= waiter.target:
                     waiter.record(state)
-        if state == DELIVERED and self._on_delivered is not None:
-            self._call_hook("on_delivered", self._on_delivered, event)
+        if state == DELIVERED:
+            if self._delivery_listeners:
+                elapsed = anyio.current_time() - (event._deadline - self._policy.max_retry_time)
+                for listener in self._delivery_listeners:
+                    self._call_hook("delivery listener", listener, event, elapsed)
+            if self._on_delivered is not None:
+                self._call_hook("on_delivered", self._on_delivered, event)
 
     def _finish_failed(self, event: Event, attempt: Attempt) -> None:
         error = DeliveryError(
