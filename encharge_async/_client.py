@@ -150,6 +150,7 @@ class AsyncEncharge:
                 f"{max_queue_bytes}: such an event could never be queued"
             )
         self._overflow = _config.check_overflow(overflow)
+        self._never_blocks = self._overflow != "block"
         self._max_concurrency = _config.check_positive_int("max_concurrency", max_concurrency)
         self._timeout = _config.check_seconds("timeout", timeout)
         self._shutdown_timeout = _config.check_seconds(
@@ -286,6 +287,9 @@ class AsyncEncharge:
             max_bytes=self._max_event_bytes,
             message_id=message_id,
         )
+        if not wait and self._never_blocks:
+            self._put_nowait(event)  # the common case, without a second coroutine
+            return event.message_id
         return await self._submit(event, wait, timeout)
 
     async def identify(
@@ -309,6 +313,9 @@ class AsyncEncharge:
             max_bytes=self._max_event_bytes,
             message_id=message_id,
         )
+        if not wait and self._never_blocks:
+            self._put_nowait(event)  # the common case, without a second coroutine
+            return event.message_id
         return await self._submit(event, wait, timeout)
 
     async def alias(
@@ -335,6 +342,9 @@ class AsyncEncharge:
             max_bytes=self._max_event_bytes,
             message_id=message_id,
         )
+        if not wait and self._never_blocks:
+            self._put_nowait(event)  # the common case, without a second coroutine
+            return event.message_id
         return await self._submit(event, wait, timeout)
 
     async def group(
@@ -364,6 +374,9 @@ class AsyncEncharge:
             max_bytes=self._max_event_bytes,
             message_id=message_id,
         )
+        if not wait and self._never_blocks:
+            self._put_nowait(event)  # the common case, without a second coroutine
+            return event.message_id
         return await self._submit(event, wait, timeout)
 
     def track_nowait(
