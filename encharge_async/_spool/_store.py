@@ -1,0 +1,475 @@
+"""The SQLite side of the spool. Everything here runs in the spool's own thread, which
+creates and alone uses the connection (`check_same_thread` stays on)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Final, TypeVar
+
+from ._lock import lock_spool, owner_only
+from ._model import (
+    AppendResult,
+    SpoolClosedError,
+    SpoolCorruptError,
+    SpooledEvent,
+    SpoolError,
+    SpoolLimits,
+    SpoolStats,
+)
+
+__all__ = ["SCHEMA_VERSION", "Store"]
+
+logger = logging.getLogger("encharge_async.spool")
+
+_T = TypeVar("_T")
+
+SCHEMA_VERSION: Final = 1
+# Stamped in the database header ("EnCh"): tells our files from other SQLite files.
+APPLICATION_ID: Final = 0x456E4368
+# Ids per `IN (...)`: old SQLite builds allow 999 variables per statement.
+_CHUNK: Final = 500
+# Free pages past this many (8 MiB at 4 KiB pages) go back to the file system after a delete.
+_SHRINK_FREE_PAGES = 2048
+# The WAL is truncated back to this size after a checkpoint.
+_WAL_SIZE_LIMIT: Final = 8 * 1024 * 1024
+# Seconds SQLite waits for a lock held by an outside reader (say, the sqlite3 shell).
+_BUSY_TIMEOUT: Final = 5.0
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_NOTADB: Final = 26
+_SIDE_FILES: Final = ("-wal", "-shm")
+
+_SCHEMA: Final = (
+    "CREATE TABLE spool_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    # AUTOINCREMENT: a seq is never reused, so a `load(after=seq)` cursor never skips a row.
+    "CREATE TABLE events ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " message_id TEXT NOT NULL UNIQUE,"
+    " name TEXT NOT NULL,"
+    " body BLOB NOT NULL,"
+    " keys TEXT NOT NULL,"
+    " created_at REAL NOT NULL,"
+    " attempts INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX events_by_age ON events (created_at)",
+)
+# Text comes back as bytes and is decoded here, so that a damaged row is recognised as such.
+_COLUMNS: Final = (
+    "seq, CAST(message_id AS BLOB), CAST(name AS BLOB), body, CAST(keys AS BLOB), created_at,"
+    " attempts"
+)
+_INSERT: Final = (
+    "INSERT OR IGNORE INTO events (message_id, name, body, keys, created_at, attempts)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+_Row = tuple[int, bytes, bytes, bytes, bytes, float, int]
+
+
+class _Unusable(Exception):
+    """The file is SQLite but not a spool this version can read."""
+
+
+def _is_unreadable(exc: sqlite3.DatabaseError | _Unusable) -> bool:
+    """True for errors that mean the file's content is bad (as opposed to the disk or OS)."""
+    if isinstance(exc, _Unusable):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    text = str(exc).lower()  # pragma: no cover - Python 3.10
+    return "malformed" in text or "not a database" in text or "corrupt" in text  # pragma: no cover
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _sync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:  # pragma: no cover - we have just created a file in it
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - file systems that cannot sync a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def _decode_keys(text: bytes) -> tuple[str, ...]:
+    keys = json.loads(text)
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        raise TypeError(f"keys are not a list of strings: {keys!r}")
+    return tuple(keys)
+
+
+def _to_events(rows: list[_Row]) -> list[SpooledEvent]:
+    """Rows as events; _Unusable when a row is garbage (a damaged page, a foreign writer)."""
+    events = []
+    known_keys: dict[bytes, tuple[str, ...]] = {}  # one person's events share their keys
+    for seq, message_id, name, body, keys, created_at, attempts in rows:
+        try:
+            decoded = known_keys.get(keys)
+            if decoded is None:
+                decoded = known_keys[keys] = _decode_keys(keys)
+            if type(body) is not bytes or type(created_at) is not float:
+                raise TypeError(f"body {type(body).__name__}, created_at {created_at!r}")
+            if type(attempts) is not int:
+                raise TypeError(f"attempts {attempts!r}")
+            events.append(
+                SpooledEvent(
+                    message_id.decode(), name.decode(), body, decoded, created_at, attempts, seq
+                )
+            )
+        except (AttributeError, TypeError, ValueError) as exc:  # ValueError: bad UTF-8 or JSON
+            raise _Unusable(f"row {seq!r} is unreadable: {exc!r}") from exc
+    return events
+
+
+class Store:
+    """One spool file, locked, with its connection. Not thread-safe: one thread uses it."""
+
+    def __init__(
+        self,
+        path: Path,
+        lock_fd: int,
+        limits: SpoolLimits,
+        synchronous: str,
+        integrity_check: bool,
+        clock: Callable[[], float],
+    ) -> None:
+        self.path = path
+        self.limits = limits
+        self.moved_aside: list[Path] = []
+        self.count = 0
+        self.bytes = 0
+        self.refused = 0
+        self.expired = 0
+        self.duplicates = 0
+        self._lock_fd: int | None = lock_fd
+        self._append_sync = synchronous
+        self._sync: str | None = None
+        self._integrity_check = integrity_check
+        self._clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self._broken: str | None = None  # why the connection is gone, when not closed
+
+    @classmethod
+    def open(
+        cls,
+        template: str,
+        *,
+        limits: SpoolLimits,
+        synchronous: str,
+        integrity_check: bool,
+        max_slots: int,
+        clock: Callable[[], float],
+    ) -> Store:
+        """Lock and open the spool, setting an unreadable file aside for a fresh one.
+
+        Raises SpoolLockedError, or SpoolError when the file cannot be opened or created.
+        """
+        try:
+            path, fd = lock_spool(template, max_slots)
+        except OSError as exc:
+            raise SpoolError(f"cannot open spool {template!r}: {exc}") from exc
+        store = cls(path, fd, limits, synchronous, integrity_check, clock)
+        try:
+            try:
+                store._conn = store._connect()
+            except (sqlite3.DatabaseError, _Unusable) as exc:
+                if not _is_unreadable(exc):
+                    raise SpoolError(f"cannot open spool {str(path)!r}: {exc}") from exc
+                store._recover(exc)
+            except OSError as exc:
+                raise SpoolError(f"cannot open spool {str(path)!r}: {exc}") from exc
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    # -- connection ------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open the file (created owner-only), check its schema or create it, configure it.
+
+        Nothing is written to a file that turns out not to be a spool of this version.
+        """
+        path = str(self.path)
+        created = not os.path.lexists(path)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        owner_only(path)  # SQLite gives the WAL and SHM files the database's mode
+        conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None)
+        try:
+            # The first read: raises DatabaseError when the file is not SQLite at all.
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = {row[0] for row in rows}
+            if tables:
+                self._check_schema(conn, tables)
+            else:
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":  # pragma: no cover - file systems without shared memory
+                raise SpoolError(f"spool {path!r}: SQLite cannot use WAL mode here ({mode})")
+            conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
+            self._sync = None
+            self._set_sync(conn, self._append_sync)
+            if not tables:
+                self._create_schema(conn)
+                if created:  # a power cut must not lose the new file's directory entry
+                    _sync_directory(self.path.parent)
+            self.count, self.bytes = conn.execute(
+                "SELECT count(*), coalesce(sum(length(body)), 0) FROM events"
+            ).fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        for suffix in _SIDE_FILES:
+            owner_only(path + suffix)
+        return conn
+
+    @staticmethod
+    def _create_schema(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO spool_meta (key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("COMMIT")
+
+    def _check_schema(self, conn: sqlite3.Connection, tables: set[str]) -> None:
+        """Raise _Unusable unless the file is a spool of this schema version (and sound)."""
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        if app_id != APPLICATION_ID or not {"spool_meta", "events"} <= tables:
+            raise _Unusable(
+                f"not an encharge-async spool (application_id {app_id:#x}, tables {sorted(tables)})"
+            )
+        row = conn.execute("SELECT value FROM spool_meta WHERE key = 'schema_version'").fetchone()
+        version = None if row is None else row[0]
+        if version != str(SCHEMA_VERSION):
+            raise _Unusable(
+                f"schema version {version}, but this version of encharge-async reads only "
+                f"version {SCHEMA_VERSION}"
+            )
+        if self._integrity_check:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise _Unusable("integrity check failed: " + "; ".join(map(str, problems)))
+
+    def _set_sync(self, conn: sqlite3.Connection, level: str) -> None:
+        if level != self._sync:
+            conn.execute(f"PRAGMA synchronous = {level}")
+            self._sync = level
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def _recover(self, reason: BaseException) -> Path:
+        """Move the unreadable file aside, start an empty spool, log it: the moved path."""
+        self._disconnect()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = base = f"{self.path}.corrupt-{stamp}"
+        n = 1
+        while any(os.path.lexists(target + suffix) for suffix in ("", *_SIDE_FILES)):
+            n += 1
+            target = f"{base}-{n}"
+        try:
+            for suffix in ("", *_SIDE_FILES):
+                if os.path.lexists(f"{self.path}{suffix}"):
+                    os.replace(f"{self.path}{suffix}", target + suffix)
+            self._conn = self._connect()
+        except (OSError, sqlite3.DatabaseError, _Unusable) as exc:
+            self._broken = (
+                f"spool {str(self.path)!r} is unreadable ({reason}) "
+                f"and could not be replaced: {exc}"
+            )
+            logger.error("%s", self._broken)
+            raise SpoolError(self._broken) from exc
+        moved = Path(target)
+        self.moved_aside.append(moved)
+        logger.error(
+            "spool %s is unreadable (%s): moved it aside to %s and started an empty spool",
+            self.path,
+            reason,
+            moved,
+        )
+        return moved
+
+    def _run(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run `op`; roll back on error, and turn SQLite errors into SpoolError."""
+        conn = self._conn
+        if conn is None:
+            if self._broken is not None:
+                raise SpoolError(self._broken)
+            raise SpoolClosedError(f"spool {str(self.path)!r} is closed")
+        try:
+            return op(conn)
+        except BaseException as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if not isinstance(exc, (sqlite3.DatabaseError, _Unusable)):
+                raise
+            if not _is_unreadable(exc):
+                raise SpoolError(f"spool {str(self.path)!r}: {exc}") from exc
+            moved = self._recover(exc)
+            raise SpoolCorruptError(
+                f"spool {str(self.path)!r} became unreadable ({exc}); moved it aside to "
+                f"{str(moved)!r} and started an empty spool",
+                moved,
+            ) from exc
+
+    @staticmethod
+    def _maybe_shrink(conn: sqlite3.Connection) -> None:
+        """After a delete: give the free pages back to the file system when there are many."""
+        if conn.execute("PRAGMA freelist_count").fetchone()[0] >= _SHRINK_FREE_PAGES:
+            # Each step of this pragma frees one page, and execute() steps once: a script
+            # runs it to the end (in a transaction of its own).
+            conn.executescript("PRAGMA incremental_vacuum;")
+
+    # -- operations ------------------------------------------------------------------------
+
+    def append(self, events: Sequence[SpooledEvent]) -> AppendResult:
+        """Store `events` in one transaction; see `AppendResult`."""
+
+        def op(conn: sqlite3.Connection) -> AppendResult:
+            self._set_sync(conn, self._append_sync)
+            room = self.limits.max_bytes - self.bytes
+            stored = stored_bytes = 0
+            duplicates: list[str] = []
+            refused: list[SpooledEvent] = []
+            conn.execute("BEGIN IMMEDIATE")
+            for event in events:
+                size = len(event.body)
+                if size <= room - stored_bytes:
+                    keys = json.dumps(event.keys, separators=(",", ":"), ensure_ascii=False)
+                    row = (event.message_id, event.name, event.body, keys)
+                    if conn.execute(_INSERT, (*row, event.created_at, event.attempts)).rowcount:
+                        stored += 1
+                        stored_bytes += size
+                        continue
+                elif (
+                    conn.execute(
+                        "SELECT 1 FROM events WHERE message_id = ?", (event.message_id,)
+                    ).fetchone()
+                    is None
+                ):
+                    refused.append(event)
+                    continue
+                duplicates.append(event.message_id)
+            conn.execute("COMMIT")
+            self.count += stored
+            self.bytes += stored_bytes
+            self.refused += len(refused)
+            self.duplicates += len(duplicates)
+            return AppendResult(stored, tuple(duplicates), tuple(refused))
+
+        return self._run(op)
+
+    def ack(self, message_ids: Sequence[str]) -> None:
+        """Delete these events (ids not in the spool are ignored)."""
+        unique = list(dict.fromkeys(message_ids))
+
+        def op(conn: sqlite3.Connection) -> None:
+            # A lost ack (power cut) only means a repeat delivery, which the Idempotency-Key
+            # covers, so deletes skip the fsync; the next append's fsync covers them anyway.
+            self._set_sync(conn, "NORMAL")
+            count = size = 0
+            conn.execute("BEGIN IMMEDIATE")
+            for chunk in _chunks(unique):
+                where = f"WHERE message_id IN ({','.join('?' * len(chunk))})"
+                n, b = conn.execute(
+                    f"SELECT count(*), coalesce(sum(length(body)), 0) FROM events {where}", chunk
+                ).fetchone()
+                if n:
+                    conn.execute(f"DELETE FROM events {where}", chunk)
+                    count += n
+                    size += b
+            conn.execute("COMMIT")
+            self.count -= count
+            self.bytes -= size
+            if count:
+                self._maybe_shrink(conn)
+
+        self._run(op)
+
+    def load(self, limit: int, after: int) -> list[SpooledEvent]:
+        """Up to `limit` events with seq > `after`, in insertion order."""
+
+        def op(conn: sqlite3.Connection) -> list[SpooledEvent]:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            ).fetchall()
+            return _to_events(rows)
+
+        return self._run(op)
+
+    def expire(self, limit: int | None) -> list[SpooledEvent]:
+        """Delete and return (oldest first) up to `limit` events older than `max_age`."""
+        cutoff = self._clock() - self.limits.max_age
+
+        def op(conn: sqlite3.Connection) -> list[SpooledEvent]:
+            self._set_sync(conn, "NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE created_at < ? ORDER BY seq LIMIT ?",
+                (cutoff, -1 if limit is None else limit),
+            ).fetchall()
+            events = _to_events(rows)
+            if events:
+                conn.execute(
+                    "DELETE FROM events WHERE created_at < ? AND seq <= ?", (cutoff, events[-1].seq)
+                )
+            conn.execute("COMMIT")
+            self.count -= len(events)
+            self.bytes -= sum(len(event.body) for event in events)
+            self.expired += len(events)
+            if events:
+                self._maybe_shrink(conn)
+            return events
+
+        return self._run(op)
+
+    def stats(self) -> SpoolStats:
+        """Counts, bytes, the oldest `created_at`, the size on disk and the drop counters."""
+
+        def op(conn: sqlite3.Connection) -> SpoolStats:
+            oldest = conn.execute("SELECT min(created_at) FROM events").fetchone()[0]
+            file_bytes = 0
+            for suffix in ("", "-wal"):
+                with contextlib.suppress(FileNotFoundError):
+                    file_bytes += os.stat(f"{self.path}{suffix}").st_size
+            return SpoolStats(
+                self.count,
+                self.bytes,
+                oldest,
+                file_bytes,
+                self.refused,
+                self.expired,
+                self.duplicates,
+            )
+
+        return self._run(op)
+
+    def close(self) -> None:
+        """Close the connection (SQLite checkpoints and removes the WAL), release the lock."""
+        try:
+            self._disconnect()
+        finally:
+            fd, self._lock_fd = self._lock_fd, None
+            if fd is not None:
+                os.close(fd)  # releases the flock
