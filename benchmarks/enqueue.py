@@ -1,7 +1,10 @@
-"""Caller cost: the time one `await encharge.track(...)` takes on the request's path.
+"""Caller cost: the time one fire-and-forget call takes on the request's path.
 
-Run: `python -m benchmarks.enqueue [--events N] [--repeats R]`. Prints the median and p99
-per call of each candidate, for `repeats` runs, and the median of the run medians.
+Run: `python -m benchmarks.enqueue [--events N] [--repeats R]`. Prints, per candidate, the
+median of the run medians (min-max of the run medians) and the median run p99. Every
+candidate really delivers, to a loopback sink in another process: its background work
+(a worker task on the same loop, or a thread) competes with the caller as in an app. The
+loop is given a turn every 1,000 calls, as a live app's loop would.
 """
 
 from __future__ import annotations
@@ -10,18 +13,26 @@ import argparse
 import asyncio
 import gc
 import statistics
+import threading
 import time
 from collections.abc import Callable, Coroutine
+from contextlib import nullcontext
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
+from encharge_async import AsyncEncharge, _json
 
-from encharge_async import AsyncEncharge
+from ._common import WRITE_KEY, percentile, typical_event
+from ._proc import ServerProcess
 
-Candidate = Callable[[int], Coroutine[Any, Any, list[int]]]
+Candidate = Callable[[int, str], Coroutine[Any, Any, list[int]]]
+
+_PROPERTIES = typical_event(0)["properties"]
+_DRAIN_TIMEOUT = 60.0
+_YIELD_EVERY = 1000
 
 
-async def floor_asyncio_queue(events: int) -> list[int]:
+async def floor_asyncio_queue(events: int, sink_url: str) -> list[int]:
     """The floor: a dict put into an asyncio.Queue."""
     queue: asyncio.Queue[dict[str, object]] = asyncio.Queue()
     timings = []
@@ -39,72 +50,164 @@ async def floor_asyncio_queue(events: int) -> list[int]:
     return timings
 
 
-async def _client_timings(events: int, nowait: bool) -> list[int]:
-    sink = httpx.MockTransport(lambda request: httpx.Response(200))
+async def _client_timings(events: int, sink_url: str, nowait: bool) -> list[int]:
     timings = []
     clock = time.perf_counter_ns
-    async with AsyncEncharge(
-        "bench-key", transport=sink, max_queue_size=events + 1, max_queue_bytes=1 << 30
-    ) as client:
+    client = AsyncEncharge(
+        WRITE_KEY,
+        endpoint=sink_url,
+        max_queue_size=events + 1,
+        max_queue_bytes=1 << 30,
+        shutdown_timeout=0,  # only the calls are measured: what is left is dropped
+    )
+    async with client:
         client.track_nowait("warm-up", user_id=0)
         for i in range(events):
-            if i % 1000 == 0:
-                await asyncio.sleep(0)  # let the worker drain, as a live app's loop would
+            if i % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            kwargs = typical_event(i)
             start = clock()
             if nowait:
-                client.track_nowait(
-                    "Registered user", user_id=str(i), properties={"plan": "Premium"}
-                )
+                client.track_nowait("Registered user", **kwargs)
             else:
-                await client.track(
-                    "Registered user", user_id=str(i), properties={"plan": "Premium"}
-                )
+                await client.track("Registered user", **kwargs)
             timings.append(clock() - start)
-        await client.flush(timeout=60)
     return timings
 
 
-async def encharge_track(events: int) -> list[int]:
-    return await _client_timings(events, nowait=False)
+async def encharge_track(events: int, sink_url: str) -> list[int]:
+    """`await encharge.track(...)`."""
+    return await _client_timings(events, sink_url, nowait=False)
 
 
-async def encharge_track_nowait(events: int) -> list[int]:
-    return await _client_timings(events, nowait=True)
+async def encharge_track_nowait(events: int, sink_url: str) -> list[int]:
+    """`encharge.track_nowait(...)`."""
+    return await _client_timings(events, sink_url, nowait=True)
+
+
+async def encharge_track_nowait_stdlib_json(events: int, sink_url: str) -> list[int]:
+    """`encharge.track_nowait(...)` without orjson (the stdlib encoder)."""
+    _json.use_orjson(False)
+    try:
+        return await _client_timings(events, sink_url, nowait=True)
+    finally:
+        _json.use_orjson(True)
+
+
+def _base_url(sink_url: str) -> str:
+    parts = urlsplit(sink_url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+async def posthog_capture(events: int, sink_url: str) -> list[int]:
+    """posthog's asyncio client: `AsyncClient.capture(...)` (its worker task posts batches)."""
+    from posthog import AsyncClient
+
+    timings = []
+    clock = time.perf_counter_ns
+    client = AsyncClient(
+        "phc_bench", host=_base_url(sink_url), max_queue_size=events + 1, max_retries=0
+    )
+    async with client:
+        for i in range(events):
+            if i % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            properties = dict(_PROPERTIES, email=f"user{i}@example.com")
+            start = clock()
+            client.capture("Registered user", distinct_id=str(100_000 + i), properties=properties)
+            timings.append(clock() - start)
+        await client.flush(timeout_seconds=_DRAIN_TIMEOUT)
+    return timings
+
+
+async def segment_track(events: int, sink_url: str) -> list[int]:
+    """segment analytics-python: `Client.track(...)` (a consumer thread posts batches)."""
+    from segment.analytics import Client  # type: ignore[import-untyped,unused-ignore]
+
+    timings = []
+    clock = time.perf_counter_ns
+    client = Client(WRITE_KEY, host=_base_url(sink_url), max_queue_size=events + 1, max_retries=0)
+    try:
+        for i in range(events):
+            if i % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            properties = dict(_PROPERTIES, email=f"user{i}@example.com")
+            start = clock()
+            client.track(user_id=str(100_000 + i), event="Registered user", properties=properties)
+            timings.append(clock() - start)
+    finally:
+        await _stop_segment(client)
+    return timings
+
+
+async def _stop_segment(client: Any) -> None:
+    """segment's flush() and join() wait without a bound: wait for the queue, bounded, here."""
+    deadline = time.monotonic() + _DRAIN_TIMEOUT
+    while client.queue.unfinished_tasks and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    for consumer in client.consumers or ():
+        consumer.pause()
+    for consumer in client.consumers or ():
+        if isinstance(consumer, threading.Thread):
+            await asyncio.to_thread(consumer.join, 5.0)
 
 
 CANDIDATES: dict[str, Candidate] = {
     "floor: asyncio.Queue.put_nowait": floor_asyncio_queue,
     "encharge_async: await track()": encharge_track,
     "encharge_async: track_nowait()": encharge_track_nowait,
+    "encharge_async: track_nowait() (stdlib json)": encharge_track_nowait_stdlib_json,
+    "posthog: AsyncClient.capture()": posthog_capture,
+    "segment: analytics-python track()": segment_track,
 }
 
 
-def measure(events: int, repeats: int) -> dict[str, dict[str, float]]:
-    results: dict[str, dict[str, float]] = {}
-    for name, candidate in CANDIDATES.items():
-        medians, p99s = [], []
+def measure(events: int, repeats: int, sink_url: str | None = None) -> dict[str, dict[str, float]]:
+    """Every candidate `repeats` times (interleaved); the median and p99 of each run.
+
+    Returns, per candidate: `median_us` (median of the run medians), `median_min_us`,
+    `median_max_us`, `p99_us` (median of the run p99s), `p99_min_us`, `p99_max_us`.
+    Starts a loopback sink when `sink_url` is not given.
+    """
+    with nullcontext(sink_url) if sink_url else ServerProcess("sink") as sink:
+        url = sink if isinstance(sink, str) else sink.url
+        medians: dict[str, list[float]] = {name: [] for name in CANDIDATES}
+        p99s: dict[str, list[float]] = {name: [] for name in CANDIDATES}
         for _ in range(repeats):
-            gc.collect()
-            timings: list[int] = sorted(asyncio.run(candidate(events)))
-            medians.append(timings[len(timings) // 2] / 1000)
-            p99s.append(timings[int(len(timings) * 0.99)] / 1000)
-        results[name] = {
-            "median_us": statistics.median(medians),
-            "median_min_us": min(medians),
-            "median_max_us": max(medians),
-            "p99_us": statistics.median(p99s),
+            for name, candidate in CANDIDATES.items():
+                gc.collect()
+                timings = sorted(asyncio.run(candidate(events, url)))
+                medians[name].append(percentile(timings, 0.5) / 1000)
+                p99s[name].append(percentile(timings, 0.99) / 1000)
+    return {
+        name: {
+            "median_us": statistics.median(medians[name]),
+            "median_min_us": min(medians[name]),
+            "median_max_us": max(medians[name]),
+            "p99_us": statistics.median(p99s[name]),
+            "p99_min_us": min(p99s[name]),
+            "p99_max_us": max(p99s[name]),
         }
-    return results
+        for name in CANDIDATES
+    }
+
+
+def measure_child(events: int, repeats: int, sink_url: str) -> dict[str, dict[str, float]]:
+    """`measure`, for `benchmarks._child` (a fresh, loopback-only process)."""
+    return measure(events, repeats, sink_url)
 
 
 def main() -> None:
+    from ._common import loopback_only
+
+    loopback_only()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     for name, row in measure(args.events, args.repeats).items():
         print(
-            f"{name:36s} median {row['median_us']:6.2f} us "
+            f"{name:46s} median {row['median_us']:6.2f} us "
             f"({row['median_min_us']:.2f}-{row['median_max_us']:.2f})  p99 {row['p99_us']:6.2f} us"
         )
 

@@ -1,13 +1,150 @@
-"""The benchmark harness runs (timings are the benchmark's business, not the tests')."""
+"""The benchmark harness runs and produces well-formed results.
+
+Timings are the benchmarks' business, not the tests': nothing here asserts a figure. Every
+section runs once, tiny, with measurements in this process (servers still run in their
+own processes, on loopback).
+"""
 
 from __future__ import annotations
 
-from benchmarks import enqueue
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import _common, chart, delivery, enqueue, report, run, webapp
+from benchmarks._proc import ServerProcess, run_inline
+
+TINY = dataclasses.replace(
+    run.QUICK,
+    repeats=1,
+    caller_events=100,
+    cpu_events=40,
+    cpu_max_seconds=10.0,
+    cpu_concurrencies=(2,),
+    throughput_latency=0.01,
+    throughput_rounds=2,
+    throughput_concurrencies=(2,),
+    memory_events=300,
+    memory_steps=(100, 200),
+    memory_settle=0.01,
+    shutdown_events=20,
+    shutdown_latency=0.01,
+    shutdown_concurrencies=(4,),
+    app_duration=0.2,
+    app_warmup=0.05,
+    app_connections=4,
+    app_fresh_process=False,
+)
 
 
-def test_enqueue_benchmark_runs() -> None:
-    results = enqueue.measure(events=200, repeats=1)
-    assert set(results) == set(enqueue.CANDIDATES)
-    for row in results.values():
-        assert row["median_us"] > 0
+def _is_summary(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and set(value) == {"median", "min", "max", "runs"}
+        and value["min"] <= value["median"] <= value["max"]
+        and len(value["runs"]) >= 1
+    )
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, Any]:
+    return run.run(TINY, run.SECTIONS, log=lambda line: None, runner=run_inline)
+
+
+def test_machine_and_plan(results: dict[str, Any]) -> None:
+    machine = results["machine"]
+    assert machine["cores"] >= 1
+    assert machine["python"]
+    assert machine["packages"]["encharge-async"]
+    assert results["plan"]["repeats"] == 1
+    assert set(results["sections"]) == set(run.SECTIONS)
+    json.dumps(results)  # what run.py writes to results.json
+
+
+def test_caller_cost(results: dict[str, Any]) -> None:
+    caller = results["sections"]["caller_cost"]
+    assert set(caller) == set(enqueue.CANDIDATES)
+    for row in caller.values():
+        assert 0 < row["median_min_us"] <= row["median_us"] <= row["median_max_us"]
         assert row["p99_us"] >= row["median_us"]
+
+
+def test_cpu_per_event(results: dict[str, Any]) -> None:
+    cpu = results["sections"]["cpu_per_event"]
+    assert {row["client"] for row in cpu.values()} == set(delivery.CLIENTS)
+    for row in cpu.values():
+        assert row["concurrency"] == 2
+        for key in ("cpu_us_per_event", "events_per_s", "events", "sink_core_share"):
+            assert _is_summary(row[key]), key
+        assert row["events"]["median"] == TINY.cpu_events
+
+
+def test_throughput(results: dict[str, Any]) -> None:
+    (row,) = results["sections"]["throughput"].values()
+    assert row["littles_law_events_per_s"] == pytest.approx(2 / 0.01)
+    assert _is_summary(row["events_per_s"])
+    assert _is_summary(row["fraction_of_littles_law"])
+
+
+def test_memory(results: dict[str, Any]) -> None:
+    memory = results["sections"]["memory"]
+    assert memory["body_bytes"] > 0
+    assert all(_is_summary(s) for s in memory["bytes_per_event"].values())
+    for series in memory["at_default_bounds"].values():
+        assert [p["offered"] for p in series["points"]] == [0, *TINY.memory_steps]
+        assert series["peak_rss_mib"] > 0
+
+
+def test_shutdown(results: dict[str, Any]) -> None:
+    (row,) = results["sections"]["shutdown"].values()
+    assert row["ideal_s"] == pytest.approx(20 * 0.01 / 4)
+    assert _is_summary(row["seconds"])
+
+
+def test_webapp(results: dict[str, Any]) -> None:
+    rows = results["sections"]["webapp"]
+    assert set(rows) == set(webapp.SCENARIOS)
+    for row in rows.values():
+        assert _is_summary(row["requests_per_s"])
+        assert row["requests_per_s"]["median"] > 0
+        assert _is_summary(row["p99_ms"])
+
+
+def test_report_and_chart(results: dict[str, Any], tmp_path: Path) -> None:
+    text = report.markdown(results)
+    for title in ("Caller cost", "CPU per delivered event", "Throughput", "Memory", "Shutdown"):
+        assert title in text
+    assert all(isinstance(check["met"], bool) for check in results["targets"])
+    path = tmp_path / "results.png"
+    chart.render(results, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sink_answers_and_stops() -> None:
+    with ServerProcess("sink") as sink:
+        assert sink.url.startswith("http://127.0.0.1:")
+        pid = sink.pid
+    with pytest.raises(RuntimeError):
+        ServerProcess("sink").pid  # noqa: B018 - the property raises when not running
+    assert pid > 0
+
+
+@pytest.mark.parametrize(
+    ("event", "args", "refused"),
+    [
+        ("socket.connect", (None, ("127.0.0.1", 80)), False),
+        ("socket.connect", (None, ("::1", 80, 0, 0)), False),
+        ("socket.connect", (None, ("192.0.2.1", 80)), True),
+        ("socket.getaddrinfo", ("localhost", 80, 0, 0, 0), False),
+        ("socket.getaddrinfo", ("us.i.posthog.com", 443, 0, 0, 0), True),
+    ],
+)
+def test_loopback_guard(event: str, args: tuple[Any, ...], refused: bool) -> None:
+    if refused:
+        with pytest.raises(OSError, match="loopback-only"):
+            _common._loopback_audit(event, args)
+    else:
+        _common._loopback_audit(event, args)

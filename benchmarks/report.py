@@ -1,0 +1,271 @@
+"""Markdown tables and target checks from the results of `benchmarks.run`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ._common import Summary
+
+OURS = "encharge_async: track_nowait()"
+DEFAULT = "encharge_async (default transport)"
+AIOHTTP = "encharge_async (httpx-aiohttp transport)"
+NAIVE = "naive httpx.AsyncClient.post + semaphore"
+FLOOR = "floor: plain aiohttp client"
+OFF = "tracking off"
+
+
+def spread(summary: Summary, digits: int = 1) -> str:
+    """`median (min-max)`."""
+    return (
+        f"{summary['median']:,.{digits}f} "
+        f"({summary['min']:,.{digits}f}-{summary['max']:,.{digits}f})"
+    )
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def caller_table(caller: dict[str, dict[str, float]]) -> str:
+    ours = caller[OURS]["median_us"]
+    rows = [
+        [
+            name,
+            f"{row['median_us']:.2f} ({row['median_min_us']:.2f}-{row['median_max_us']:.2f})",
+            f"{row['p99_us']:.1f} ({row['p99_min_us']:.1f}-{row['p99_max_us']:.1f})",
+            f"{row['median_us'] / ours:.2f}x",
+        ]
+        for name, row in caller.items()
+    ]
+    return _table(["call", "median us", "p99 us", "vs track_nowait"], rows)
+
+
+def cpu_table(cpu: dict[str, dict[str, Any]]) -> str:
+    clients = list(dict.fromkeys(row["client"] for row in cpu.values()))
+    levels = sorted({row["concurrency"] for row in cpu.values()})
+    header = [
+        "client",
+        *(f"c={c}: us/event" for c in levels),
+        *(f"c={c}: vs floor" for c in levels),
+    ]
+    rows = []
+    for client in clients:
+        cells = [client]
+        cells += [spread(cpu[f"{client} @ {c}"]["cpu_us_per_event"], 0) for c in levels]
+        for c in levels:
+            floor = cpu.get(f"{FLOOR} @ {c}")
+            own = cpu[f"{client} @ {c}"]["cpu_us_per_event"]["median"]
+            cells.append(f"{own / floor['cpu_us_per_event']['median']:.1f}x" if floor else "")
+        rows.append(cells)
+    rates = [
+        [
+            client,
+            *(f"{cpu[f'{client} @ {c}']['events_per_s']['median']:,.0f}" for c in levels),
+            *(f"{cpu[f'{client} @ {c}']['events']['median']:,.0f}" for c in levels),
+            *(f"{cpu[f'{client} @ {c}']['sink_core_share']['median']:.0%}" for c in levels),
+        ]
+        for client in clients
+    ]
+    rate_header = [
+        "client",
+        *(f"c={c}: events/s" for c in levels),
+        *(f"c={c}: events counted" for c in levels),
+        *(f"c={c}: sink CPU" for c in levels),
+    ]
+    return _table(header, rows) + "\n\n" + _table(rate_header, rates)
+
+
+def throughput_table(throughput: dict[str, dict[str, Any]]) -> str:
+    rows = [
+        [
+            str(row["concurrency"]),
+            f"{row['latency_s'] * 1000:.0f} ms",
+            spread(row["events_per_s"], 0),
+            f"{row['littles_law_events_per_s']:,.0f}",
+            f"{row['fraction_of_littles_law']['median']:.1%}",
+            spread(row["cpu_us_per_event"], 0),
+        ]
+        for row in throughput.values()
+    ]
+    header = ["concurrency", "latency", "events/s", "Little's law", "share", "client CPU us/event"]
+    return _table(header, rows)
+
+
+def memory_tables(memory: dict[str, Any]) -> str:
+    rows = [
+        [name, spread(summary, 0), f"{summary['median'] / 600:.1f}x"]
+        for name, summary in memory["bytes_per_event"].items()
+    ]
+    per_event = _table(["queued events (endpoint down)", "bytes/event", "vs 600 B"], rows)
+    bound_rows = []
+    for kind, series in memory["at_default_bounds"].items():
+        points = series["points"]
+        at_bound = next((p for p in points if p["dropped"]), points[-1])
+        last = points[-1]
+        bound_rows.append(
+            [
+                kind,
+                f"{at_bound['offered']:,} / {at_bound['rss_mib']:.1f} MiB",
+                f"{last['offered']:,} / {last['rss_mib']:.1f} MiB",
+                f"{last['queued']:,} ({last['queued_mib']:.1f} MiB)",
+                f"{series['rss_growth_after_bound_mib']:+.1f} MiB",
+                f"{series['peak_rss_mib']:.1f} MiB",
+            ]
+        )
+    bounds = _table(
+        [
+            "default bounds",
+            "offered / RSS when full",
+            "offered / RSS at the end",
+            "queued at the end",
+            "RSS growth once full",
+            "peak RSS",
+        ],
+        bound_rows,
+    )
+    return (
+        f"Typical event: {memory['body_bytes']:.0f} bytes of JSON; "
+        f"{memory['events']:,} events queued.\n\n{per_event}\n\n{bounds}"
+    )
+
+
+def shutdown_table(shutdown: dict[str, dict[str, Any]]) -> str:
+    rows = [
+        [
+            str(row["concurrency"]),
+            f"{row['events']:,}",
+            f"{row['latency_s'] * 1000:.0f} ms",
+            spread(row["seconds"], 2),
+            f"{row['ideal_s']:.2f}",
+            f"{row['ideal_over_actual']['median']:.0%}",
+        ]
+        for row in shutdown.values()
+    ]
+    return _table(["concurrency", "events", "latency", "aclose() s", "ideal s", "share"], rows)
+
+
+def webapp_table(webapp: dict[str, dict[str, Any]]) -> str:
+    off = webapp.get(OFF)
+    rows = []
+    for name, row in webapp.items():
+        rps = row["requests_per_s"]
+        cpu = row.get("app_cpu_us_per_request")
+        share = f"{rps['median'] / off['requests_per_s']['median']:.0%}" if off else ""
+        extra = ""
+        if off and cpu and "app_cpu_us_per_request" in off:
+            extra = f"{cpu['median'] - off['app_cpu_us_per_request']['median']:+,.0f}"
+        backlog = ""
+        if "backlog" in row:
+            backlog = (
+                f"{row['delivered_share']['median']:.0%} / {row['backlog']['median']:,.0f}"
+                f" / {row['dropped']['max']:,.0f}"
+            )
+        rows.append(
+            [
+                name,
+                spread(rps, 0),
+                share,
+                spread(row["p50_ms"], 1),
+                spread(row["p99_ms"], 1),
+                spread(cpu, 0) if cpu else "",
+                extra,
+                backlog,
+            ]
+        )
+    header = [
+        "handler",
+        "requests/s",
+        "vs off",
+        "p50 ms",
+        "p99 ms",
+        "app CPU us/request",
+        "vs off",
+        "delivered by the end / backlog / dropped (max)",
+    ]
+    return _table(header, rows)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it is met."""
+    checks: list[dict[str, Any]] = []
+    sections = results["sections"]
+
+    def check(name: str, value: float, goal: str, met: bool) -> None:
+        checks.append({"target": name, "measured": value, "goal": goal, "met": met})
+
+    cpu = sections.get("cpu_per_event")
+    if cpu:
+        levels = sorted({row["concurrency"] for row in cpu.values()})
+
+        def median(client: str, c: int) -> float:
+            value: float = cpu[f"{client} @ {c}"]["cpu_us_per_event"]["median"]
+            return value
+
+        top = levels[-1]
+        ratio = median(NAIVE, top) / median(DEFAULT, top)
+        check(f"default transport vs naive httpx at c={top}", ratio, ">= 3x cheaper", ratio >= 3)
+        growth = median(DEFAULT, top) / median(DEFAULT, levels[0])
+        check(
+            f"default transport: c={top} / c={levels[0]} (growth with concurrency)",
+            growth,
+            "<= 1.2 (none)",
+            growth <= 1.2,
+        )
+        for c in levels:
+            ratio = median(AIOHTTP, c) / median(FLOOR, c)
+            check(f"httpx-aiohttp transport vs aiohttp floor at c={c}", ratio, "<= 2x", ratio <= 2)
+    for row in sections.get("throughput", {}).values():
+        share = row["fraction_of_littles_law"]["median"]
+        check(
+            f"throughput at c={row['concurrency']}, {row['latency_s'] * 1000:.0f} ms",
+            share,
+            ">= 90% of Little's law",
+            share >= 0.9,
+        )
+    memory = sections.get("memory")
+    if memory:
+        for name, summary in memory["bytes_per_event"].items():
+            check(
+                f"bytes per queued event ({name})",
+                summary["median"],
+                "< 600",
+                summary["median"] < 600,
+            )
+        for kind, series in memory["at_default_bounds"].items():
+            growth = series["rss_growth_after_bound_mib"]
+            check(
+                f"RSS growth once the queue is full ({kind})", growth, "flat (< 2 MiB)", growth < 2
+            )
+    return checks
+
+
+def targets_table(checks: list[dict[str, Any]]) -> str:
+    rows = []
+    for item in checks:
+        value = item["measured"]
+        shown = f"{value:.1%}" if "Little" in item["goal"] else f"{value:,.2f}"
+        rows.append([item["target"], shown, item["goal"], "met" if item["met"] else "MISSED"])
+    return _table(["target", "measured", "goal", ""], rows)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """Every table of `results`, as Markdown."""
+    sections = results["sections"]
+    parts = []
+    builders = [
+        ("caller_cost", "Caller cost (time per call on the caller's path)", caller_table),
+        ("cpu_per_event", "CPU per delivered event (loopback sink)", cpu_table),
+        ("throughput", "Throughput under latency (emulator)", throughput_table),
+        ("memory", "Memory while the endpoint is down", memory_tables),
+        ("shutdown", "Shutdown: aclose() draining a full queue", shutdown_table),
+        ("webapp", "Impact on a FastAPI app (uvicorn, loopback)", webapp_table),
+    ]
+    for key, title, build in builders:
+        if key in sections:
+            parts.append(f"### {title}\n\n{build(sections[key])}")
+    if results.get("targets"):
+        parts.append(f"### Targets\n\n{targets_table(results['targets'])}")
+    return "\n\n".join(parts)
