@@ -18,8 +18,10 @@ from ._exceptions import (
     ValidationError,
 )
 from ._sender import USER_AGENT
+from ._spool import SpoolError, SpoolLockedError
 from ._stats import FlushResult, Stats
-from ._types import DropReason, OnDelivered, OnDrop, OnError, Overflow, RetryWait
+from ._sync import Encharge
+from ._types import DropReason, OnDelivered, OnDrop, OnError, Overflow, RetryWait, SpoolMode
 from ._version import __version__
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "ConfigurationError",
     "DeliveryError",
     "DropReason",
+    "Encharge",
     "EnchargeError",
     "Event",
     "EventLoopError",
@@ -39,6 +42,9 @@ __all__ = [
     "Overflow",
     "QueueFullError",
     "RetryWait",
+    "SpoolError",
+    "SpoolLockedError",
+    "SpoolMode",
     "Stats",
     "ValidationError",
     "__version__",

@@ -28,6 +28,10 @@ from ._constants import (
     DEFAULT_MAX_RETRY_TIME,
     DEFAULT_OVERFLOW,
     DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_SPOOL_AFTER,
+    DEFAULT_SPOOL_MAX_AGE,
+    DEFAULT_SPOOL_MAX_BYTES,
+    DEFAULT_SPOOL_MODE,
     DEFAULT_TIMEOUT,
     DROP_WARNING_INTERVAL,
     TRANSPORT_CLOSE_TIMEOUT,
@@ -55,8 +59,10 @@ from ._ordering import Lanes
 from ._retry import RetryPolicy, default_wait
 from ._runtime import LoopBinding, bind_current_loop
 from ._sender import Attempt, Outcome, Sender
+from ._spool import Spool, SpoolLimits
+from ._spooler import Spooler
 from ._stats import FlushResult, Stats
-from ._types import DropReason, OnDelivered, OnDrop, OnError, Overflow, RetryWait
+from ._types import DropReason, OnDelivered, OnDrop, OnError, Overflow, RetryWait, SpoolMode
 
 __all__ = ["AsyncEncharge"]
 
@@ -106,6 +112,10 @@ def _no_loop() -> object | None:
     return None
 
 
+def _no_divert(event: Event) -> None:  # pragma: no cover - only called while diverting
+    raise AssertionError("events are diverted only when a spooler exists")
+
+
 class AsyncEncharge:
     """An asyncio (and trio) client for the Encharge Ingest API.
 
@@ -138,6 +148,11 @@ class AsyncEncharge:
         on_drop: OnDrop | None = None,
         on_delivered: OnDelivered | None = None,
         retry_wait: RetryWait | None = None,
+        spool: str | os.PathLike[str] | Spool | None = None,
+        spool_mode: SpoolMode = DEFAULT_SPOOL_MODE,
+        spool_after: float = DEFAULT_SPOOL_AFTER,
+        spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+        spool_max_age: float = DEFAULT_SPOOL_MAX_AGE,
     ) -> None:
         self._write_key = _config.resolve_write_key(write_key)
         self._url = _config.resolve_endpoint(endpoint)
@@ -150,7 +165,17 @@ class AsyncEncharge:
                 f"{max_queue_bytes}: such an event could never be queued"
             )
         self._overflow = _config.check_overflow(overflow)
-        self._never_blocks = self._overflow != "block"
+        self._spool_target = _config.check_spool(spool)
+        self._spool_always = _config.check_spool_mode(spool_mode) == "always"
+        self._spool_after = _config.check_seconds("spool_after", spool_after)
+        self._spool_limits = SpoolLimits(
+            max_bytes=_config.check_positive_int("spool_max_bytes", spool_max_bytes),
+            max_age=_config.check_seconds("spool_max_age", spool_max_age),
+        )
+        # Whether track() etc. may queue and return without awaiting anything.
+        self._never_blocks = self._overflow != "block" and not (
+            self._spool_always and self._spool_target is not None
+        )
         self._max_concurrency = _config.check_positive_int("max_concurrency", max_concurrency)
         self._timeout = _config.check_seconds("timeout", timeout)
         self._shutdown_timeout = _config.check_seconds(
@@ -185,6 +210,12 @@ class AsyncEncharge:
         self._lanes = Lanes()
         self._retry_heap: list[tuple[float, int, Event]] = []
         self._flush_waiters: list[_FlushWaiter] = []
+        self._spooler: Spooler | None = None
+        # True while events go through the spooler rather than straight to memory.
+        self._divert = False
+        self._divert_event: Callable[[Event], None] = _no_divert
+        self._spilled_count = 0
+        self._failing_since: float | None = None
         # Called with (event, seconds from its first attempt) as each event is delivered.
         self._delivery_listeners: list[Callable[[Event, float], None]] = []
         self._paused_until = 0.0
@@ -211,7 +242,18 @@ class AsyncEncharge:
     # -- public API ------------------------------------------------------------------------
 
     async def __aenter__(self) -> AsyncEncharge:
+        """Start the client; with a spool, open it here so that its errors reach you.
+
+        Raises:
+            ClientClosedError: the client was closed.
+            EventLoopError: the client runs on another event loop.
+            SpoolError: the spool cannot be used (SpoolLockedError: another process has it).
+        """
         self._enter_loop()
+        spooler = self._spooler
+        if spooler is not None and not await spooler.open() and spooler.open_error is not None:
+            await self.aclose()
+            raise spooler.open_error
         return self
 
     async def __aexit__(
@@ -245,6 +287,7 @@ class AsyncEncharge:
             queued=len(self._queued),
             in_flight=len(self._in_flight),
             queued_bytes=self._queued_bytes,
+            spooled=self._spooler.count if self._spooler is not None else 0,
         )
 
     async def track(
@@ -487,10 +530,14 @@ class AsyncEncharge:
             EventLoopError: called from an event loop other than the client's.
         """
         if self._state is ClientState.UNOPENED or self._state is ClientState.CLOSED:
+            await anyio.lowlevel.checkpoint()
             return FlushResult()
         self._check_loop()
         bound = self._shutdown_timeout if timeout is None else timeout
-        return await self._wait_for_enqueued(bound)
+        result = await self._wait_for_enqueued(bound)
+        if result == FlushResult():
+            await anyio.lowlevel.checkpoint()  # like every async call: a chance to switch
+        return result
 
     async def aclose(self) -> FlushResult:
         """Stop accepting events, deliver what is queued within `shutdown_timeout`, close.
@@ -524,7 +571,7 @@ class AsyncEncharge:
             drained = await self._wait_for_enqueued(self._shutdown_timeout)
         finally:
             with anyio.CancelScope(shield=True):
-                left = await self._stop_runner()
+                left, held = await self._stop_runner()
                 for transport in self._transports:
                     await self._close_transport(transport)
                 result = self._close_result = FlushResult(
@@ -532,6 +579,7 @@ class AsyncEncharge:
                     failed=drained.failed,
                     dropped=drained.dropped + left,
                     pending=0,
+                    spooled=held,
                 )
                 self._state = ClientState.CLOSED
                 assert self._closed is not None
@@ -549,6 +597,12 @@ class AsyncEncharge:
             await self._put_blocking(event, DEFAULT_BLOCK_TIMEOUT if timeout is None else timeout)
         else:
             self._put_nowait(event)
+        spooler = self._spooler
+        if self._spool_always and spooler is not None and getattr(event, "_spooled", False):
+            # Durable before returning: wait for the writer's commit of this event's batch.
+            commit = spooler.current_commit if event in spooler.writing else spooler.next_commit
+            with anyio.fail_after(DEFAULT_BLOCK_TIMEOUT if timeout is None else timeout):
+                await commit.wait()
         if wait:
             await self._wait_outcome(event, timeout)
         return event.message_id
@@ -558,6 +612,9 @@ class AsyncEncharge:
         if (
             self._state is not _OPEN or self._current_loop() is not self._loop_token
         ) and self._enter_loop_or_thread(event):
+            return
+        if self._divert:
+            self._divert_event(event)
             return
         if (
             len(self._queued) >= self._max_queue_size
@@ -589,14 +646,19 @@ class AsyncEncharge:
     def _put_from_thread(self, event: Event) -> None:
         if self._state is not _OPEN:
             self._drop(event, DropReason.SHUTDOWN)
-        elif not self._is_full(event):
-            self._accept(event)
-        elif self._overflow != "drop_oldest":
+        elif (
+            self._overflow == "block"
+            and not self._divert
+            and not self._can_spill()
+            and self._is_full(event)
+        ):
             # The calling thread has moved on; there is nobody left to wait or to raise to.
             self._drop(event, DropReason.QUEUE_FULL)
         else:
-            self._make_room(event)  # drop_oldest always makes room
-            self._accept(event)
+            self._put_nowait(event)  # on the loop now: the same path as a call made here
+
+    def _can_spill(self) -> bool:
+        return self._spooler is not None and self._spooler.usable
 
     def _is_full(self, event: Event) -> bool:
         return (
@@ -606,6 +668,9 @@ class AsyncEncharge:
 
     def _make_room(self, event: Event) -> bool:
         """Apply the overflow policy to a full queue; True when `event` may now be accepted."""
+        if self._spooler is not None and self._spooler.usable:
+            self._spooler.take(event)  # the spool takes the overflow instead of dropping it
+            return False
         if self._overflow == "drop_oldest":
             queued = self._queued
             # An empty queue always has room: max_event_bytes <= max_queue_bytes.
@@ -635,8 +700,27 @@ class AsyncEncharge:
         if self._lanes.admit(event):
             self._push_ready(event)
 
+    def _accept_spilled(self, event: Event) -> None:
+        """Queue an event coming back from the spool (it keeps its place in flush order)."""
+        if not event.seq:  # left by an earlier process
+            self._enqueued += 1
+            event.seq = self._enqueued
+        event._state = QUEUED
+        self._queued[event] = None
+        self._queued_bytes += event.size
+        if self._lanes.admit(event):
+            self._push_ready(event)
+
+    def _update_divert(self) -> None:
+        spooler = self._spooler
+        self._divert = (
+            spooler is not None and spooler.usable and (spooler.spilling or spooler.always)
+        )
+
     async def _put_blocking(self, event: Event, timeout: float) -> None:
         self._put_nowait_or_full(event)
+        if event._state == DROPPED:
+            raise QueueFullError(f"no room for event {event.name!r}, in memory or in the spool")
         if event.seq:
             return
         with anyio.move_on_after(timeout):
@@ -654,7 +738,9 @@ class AsyncEncharge:
         """Accept `event` if it fits; leave `event.seq` at 0 when the queue is full."""
         if self._state is not _OPEN or self._current_loop() is not self._loop_token:
             self._enter_loop()
-        if not self._is_full(event):
+        if self._divert or (self._is_full(event) and self._can_spill()):
+            self._divert_event(event)  # the spool never makes anyone wait
+        elif not self._is_full(event):
             self._accept(event)
 
     def _enter_loop(self) -> None:
@@ -698,6 +784,12 @@ class AsyncEncharge:
         if self._user_transport is not None:
             self._transports = [self._user_transport]
             self._shared_sender = self._make_sender(self._user_transport)
+        if self._spool_target is not None:
+            self._spooler = Spooler(
+                self, self._spool_target, always=self._spool_always, limits=self._spool_limits
+            )
+            self._divert_event = self._spooler.take
+            self._update_divert()
         self._state = _OPEN
         self._runner = binding.spawn(self._run)
 
@@ -713,6 +805,8 @@ class AsyncEncharge:
                     for _ in range(self._max_concurrency):
                         tg.start_soon(self._worker)
                     tg.start_soon(self._timer)
+                    if self._spooler is not None:
+                        tg.start_soon(self._spooler.run)
         finally:
             self._runner_done.set()
 
@@ -736,8 +830,11 @@ class AsyncEncharge:
         """During shutdown: the last moment an attempt can start and still finish in time."""
         return max(now, self._close_deadline - self._timeout)
 
-    async def _stop_runner(self) -> int:
-        """Cancel the worker, then drop (and report) whatever it had not delivered."""
+    async def _stop_runner(self) -> tuple[int, int]:
+        """Cancel the worker; keep what it had not delivered in the spool, or drop it.
+
+        Returns how many events were dropped, and how many the spool holds.
+        """
         assert self._runner_scope is not None
         assert self._runner_done is not None
         self._runner_scope.cancel()
@@ -748,16 +845,33 @@ class AsyncEncharge:
         self._queued.clear()
         self._queued_bytes = 0
         self._retry_heap.clear()
-        for event in left:
+        self._ready.clear()
+        held = 0
+        lost = left
+        if self._spooler is not None:
+            spilled = list(self._spooler.spilled.values())
+            self._spooler.spilled.clear()
+            self._spilled_count = 0
+            held, lost = await self._spooler.close(left + spilled)
+            kept = {event.message_id for event in left + spilled} - {e.message_id for e in lost}
+            for event in left + spilled:
+                if event.message_id in kept and event._waiter is not None:
+                    event._error = DeliveryError(
+                        "not delivered before shutdown; kept in the spool for the next start",
+                        message_id=event.message_id,
+                        attempts=event.attempts,
+                        event=event,
+                    )
+                    event._waiter.set()
+        for event in lost:
             self._drop(event, DropReason.SHUTDOWN)
-        if left:
+        if lost:
             logger.warning(
                 "shutdown_timeout=%gs ran out: %d undelivered event(s) dropped",
                 self._shutdown_timeout,
-                len(left),
+                len(lost),
             )
-        self._ready.clear()
-        return len(left)
+        return len(lost), held
 
     async def _close_transport(self, transport: httpx.AsyncBaseTransport) -> None:
         with anyio.move_on_after(TRANSPORT_CLOSE_TIMEOUT):
@@ -767,7 +881,7 @@ class AsyncEncharge:
                 logger.warning("closing the HTTP transport failed", exc_info=True)
 
     async def _wait_for_enqueued(self, timeout: float) -> FlushResult:
-        outstanding = len(self._queued) + len(self._in_flight)
+        outstanding = len(self._queued) + len(self._in_flight) + self._spilled_count
         if outstanding == 0:
             return FlushResult()
         waiter = _FlushWaiter(self._enqueued, outstanding)
@@ -840,12 +954,29 @@ class AsyncEncharge:
         attempt = await sender.send(event)
         self._in_flight.discard(event)
         if attempt.outcome is Outcome.DELIVERED:
+            if self._failing_since is not None:
+                self._endpoint_recovered()
             self._finish(event, DELIVERED)
             self._release(event)
         elif attempt.outcome is Outcome.RETRY:
+            if self._spooler is not None:
+                self._endpoint_failing()
             self._schedule_retry(event, attempt)
         else:
             self._finish_failed(event, attempt)
+
+    def _endpoint_failing(self) -> None:
+        """Track how long the endpoint has failed; past spool_after, spill to the spool."""
+        now = anyio.current_time()
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failing_since >= self._spool_after and self._spooler is not None:
+            self._spooler.set_outage(True)
+
+    def _endpoint_recovered(self) -> None:
+        self._failing_since = None
+        if self._spooler is not None:
+            self._spooler.set_outage(False)
 
     def _schedule_retry(self, event: Event, attempt: Attempt) -> None:
         now = anyio.current_time()
@@ -949,6 +1080,8 @@ class AsyncEncharge:
 
     def _finish(self, event: Event, state: int) -> None:
         event._state = state
+        if self._spooler is not None and getattr(event, "_spooled", False):
+            self._spooler.finished(event, state)
         if state == DELIVERED:
             self._delivered += 1
         elif state == FAILED:

@@ -7,7 +7,7 @@ import ipaddress
 import math
 import os
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -20,6 +20,8 @@ __all__ = [
     "check_overflow",
     "check_positive_int",
     "check_seconds",
+    "check_spool",
+    "check_spool_mode",
     "resolve_endpoint",
     "resolve_write_key",
 ]
@@ -108,6 +110,25 @@ def check_overflow(value: object) -> str:
     if value not in _OVERFLOW_POLICIES:
         raise ConfigurationError(f"overflow must be one of {_OVERFLOW_POLICIES}, got {value!r}")
     return str(value)
+
+
+def check_spool(spool: object) -> Any:
+    """A path (str or PathLike) or an open `Spool`, or None."""
+    from ._spool import Spool
+
+    if spool is None or isinstance(spool, (str, os.PathLike, Spool)):
+        if isinstance(spool, str) and not spool.strip():
+            raise ConfigurationError("spool must be a file path, got an empty string")
+        return spool
+    raise ConfigurationError(
+        f"spool must be a file path or an encharge_async Spool, got {type(spool).__name__}"
+    )
+
+
+def check_spool_mode(mode: object) -> str:
+    if mode not in ("overflow", "always"):
+        raise ConfigurationError(f"spool_mode must be 'overflow' or 'always', got {mode!r}")
+    return str(mode)
 
 
 def check_hook(name: str, hook: _H | None) -> _H | None:

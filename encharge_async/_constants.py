@@ -40,3 +40,11 @@ DROP_WARNING_INTERVAL: Final = 10.0
 
 # Closing the HTTP transport after the drain is bounded too.
 TRANSPORT_CLOSE_TIMEOUT: Final = 2.0
+
+# The durable spool (spool=...).
+DEFAULT_SPOOL_MODE: Final = "overflow"
+DEFAULT_SPOOL_AFTER: Final = 60.0
+DEFAULT_SPOOL_MAX_BYTES: Final = 256 * 1024 * 1024
+DEFAULT_SPOOL_MAX_AGE: Final = 7 * 24 * 3600.0
+SPOOL_LOAD_PAGE: Final = 1000
+SPOOL_CLOSE_TIMEOUT: Final = 5.0

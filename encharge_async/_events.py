@@ -39,6 +39,7 @@ class Event:
         "_deadline",
         "_error",
         "_retry_state",
+        "_spooled",
         "_state",
         "_waiter",
         "_waiting",
@@ -55,6 +56,7 @@ class Event:
     _retry_state: Any
     _error: Exception | None
     _waiting: int  # set by Lanes.admit
+    _spooled: bool  # set when the event goes through the spool; read with getattr
 
     # Only what every event needs is set here: this runs on the caller's line. `_deadline`
     # (set by the worker at the first attempt), `_retry_state` (on the first retry),

@@ -10,8 +10,13 @@ EnchargeError
 ├── ClientClosedError (RuntimeError)   the client was closed (or is closing)
 ├── EventLoopError (RuntimeError)      the client was used from a second event loop
 ├── QueueFullError                     no room in the queue and the caller may not wait
-└── DeliveryError                      Encharge refused the event for good, or it was dropped
+├── DeliveryError                      Encharge refused the event for good, or it was dropped
+└── SpoolError (RuntimeError)          the durable spool failed (disk, corrupt file, ...)
+    └── SpoolLockedError               another process holds the spool file
 ```
+
+`SpoolError` and `SpoolLockedError` live in the spool's own module and are exported from
+`encharge_async` like the others.
 
 No exception message ever contains the write key.
 """

@@ -14,6 +14,8 @@ class Stats:
     `enqueued` counts accepted events; each one ends as `delivered`, `failed` or `dropped`,
     or is still `queued` (waiting, including between retries) or `in_flight`.
     `retried` counts retry attempts; `queued_bytes` is the serialised size of `queued`.
+    `spooled` counts the events held by the spool (0 without one); those of this process
+    that are not also in memory count in it and not in `queued`.
     """
 
     enqueued: int
@@ -24,6 +26,7 @@ class Stats:
     queued: int
     in_flight: int
     queued_bytes: int
+    spooled: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +34,15 @@ class FlushResult:
     """What `flush()` or `aclose()` achieved for the events enqueued before it was called.
 
     `pending` is how many of those were still undelivered when it returned (a timeout);
-    `complete` is True when none were left.
+    `complete` is True when none were left. For `aclose()`, `spooled` is how many
+    undelivered events the spool keeps for the next start instead of dropping them.
     """
 
     delivered: int = 0
     failed: int = 0
     dropped: int = 0
     pending: int = 0
+    spooled: int = 0
 
     @property
     def complete(self) -> bool:

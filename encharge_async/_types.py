@@ -12,9 +12,18 @@ if TYPE_CHECKING:
     from ._events import Event
     from ._exceptions import DeliveryError
 
-__all__ = ["DropReason", "OnDelivered", "OnDrop", "OnError", "Overflow", "RetryWait"]
+__all__ = [
+    "DropReason",
+    "OnDelivered",
+    "OnDrop",
+    "OnError",
+    "Overflow",
+    "RetryWait",
+    "SpoolMode",
+]
 
 Overflow: TypeAlias = Literal["drop_newest", "drop_oldest", "block"]
+SpoolMode: TypeAlias = Literal["overflow", "always"]
 
 
 class DropReason(str, enum.Enum):
@@ -23,7 +32,14 @@ class DropReason(str, enum.Enum):
     QUEUE_FULL = "queue_full"
     """The queue was at its size or byte bound (see the `overflow` policy)."""
     SHUTDOWN = "shutdown"
-    """The client closed and the event could not be delivered within `shutdown_timeout`."""
+    """The client closed and the event could not be delivered within `shutdown_timeout`
+    (nor kept in the spool, when there is one)."""
+    SPOOL_FULL = "spool_full"
+    """The spool was at its byte bound and the event could not stay in memory either."""
+    SPOOL_ERROR = "spool_error"
+    """The spool failed (disk error) while holding the event's only copy."""
+    EXPIRED = "expired"
+    """The event waited in the spool for longer than its `spool_max_age`."""
 
 
 OnDelivered: TypeAlias = "Callable[[Event], object]"

@@ -13,6 +13,7 @@ def test_public_names() -> None:
         "ConfigurationError",
         "DeliveryError",
         "DropReason",
+        "Encharge",
         "EnchargeError",
         "Event",
         "EventLoopError",
@@ -23,6 +24,9 @@ def test_public_names() -> None:
         "Overflow",
         "QueueFullError",
         "RetryWait",
+        "SpoolError",
+        "SpoolLockedError",
+        "SpoolMode",
         "Stats",
         "ValidationError",
         "__version__",
@@ -33,6 +37,7 @@ def test_public_names() -> None:
 
 def test_public_classes_live_in_the_public_module() -> None:
     assert encharge_async.AsyncEncharge.__module__ == "encharge_async"
+    assert encharge_async.Encharge.__module__ == "encharge_async"
     assert encharge_async.DeliveryError.__module__ == "encharge_async"
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from .._exceptions import EnchargeError
+
 __all__ = [
     "AppendResult",
     "SpoolClosedError",
@@ -153,7 +155,7 @@ class SpoolStats:
     duplicates: int
 
 
-class SpoolError(RuntimeError):
+class SpoolError(EnchargeError, RuntimeError):
     """The spool failed: an I/O error, a full disk, or use after a fork. It stays usable."""
 
 

@@ -1,0 +1,307 @@
+"""The client with a durable spool: overflow, outage, shutdown, resume, always mode."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from encharge_async import (
+    AsyncEncharge,
+    ConfigurationError,
+    DeliveryError,
+    DropReason,
+    SpoolError,
+    SpoolLockedError,
+)
+
+from .conftest import ENDPOINT, WRITE_KEY, ClientFactory, Recorder
+
+pytestmark = pytest.mark.anyio
+
+
+class Gate:
+    """A server that holds every request until opened, then answers 200."""
+
+    def __init__(self) -> None:
+        self.open = anyio.Event()
+        self.recorder = Recorder(self._respond)
+
+    async def _respond(self, request: httpx.Request) -> httpx.Response:
+        await self.open.wait()
+        return httpx.Response(200)
+
+    @property
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.recorder)
+
+
+def order_by_person(recorder: Recorder) -> dict[str, list[int]]:
+    seen: dict[str, list[int]] = defaultdict(list)
+    for body in recorder.bodies:
+        seen[str(body["user"]["userId"])].append(body["properties"]["n"])
+    return seen
+
+
+async def test_a_full_queue_spills_to_the_spool_instead_of_dropping(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    gate = Gate()
+    drops: list[DropReason] = []
+    async with make_client(
+        transport=gate.transport,
+        max_concurrency=2,
+        max_queue_size=10,
+        spool=tmp_path / "events.spool",
+        on_drop=lambda event, reason: drops.append(reason),
+    ) as client:
+        for n in range(200):
+            await client.track("Step", user_id=f"p{n % 5}", properties={"n": n})
+            if n % 10 == 0:
+                await anyio.sleep(0.005)  # a live app's loop turns between requests
+        await anyio.sleep(0.1)
+        stats = client.stats
+        assert stats.queued <= 10
+        assert stats.spooled > 150
+        gate.open.set()
+        result = await client.flush(timeout=20)
+    assert result.delivered == 200
+    assert drops == []
+    assert client.stats.delivered == 200
+    for sequence in order_by_person(gate.recorder).values():
+        assert sequence == sorted(sequence)  # per-person order through memory and disk
+
+
+async def test_shutdown_keeps_undelivered_events_for_the_next_start(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    path = tmp_path / "events.spool"
+    gate = Gate()
+    drops: list[DropReason] = []
+    client = make_client(
+        transport=gate.transport,
+        spool=path,
+        shutdown_timeout=0.2,
+        on_drop=lambda event, reason: drops.append(reason),
+    )
+    async with client:
+        ids = [await client.track("Step", user_id="p", properties={"n": n}) for n in range(20)]
+    result = client._close_result
+    assert result is not None
+    assert (result.dropped, result.spooled) == (0, 20)
+    assert drops == []
+
+    recorder = Recorder()
+    async with make_client(transport=httpx.MockTransport(recorder), spool=path) as resumed:
+        await resumed.track("After restart", user_id="p", properties={"n": 20})
+        await resumed.flush(timeout=10)
+    assert [r.headers["idempotency-key"] for r in recorder.requests[:20]] == ids
+    assert [b["properties"]["n"] for b in recorder.bodies] == list(range(21))
+    assert resumed.stats.spooled == 0
+
+
+async def test_outage_moves_new_events_to_disk_and_resumes_after(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    healthy = False
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200 if healthy else 503)
+
+    import tenacity
+
+    async with make_client(
+        transport=httpx.MockTransport(Recorder(flaky)),
+        max_concurrency=2,
+        spool=tmp_path / "s.spool",
+        spool_after=0.05,
+        retry_wait=tenacity.wait_fixed(0.02),
+        max_retry_time=60,
+        max_retries=10_000,
+    ) as client:
+        await client.track("first", user_id="a", properties={"n": -1})
+        await anyio.sleep(0.2)  # failing for longer than spool_after: an outage
+        for n in range(300):
+            await client.track("Step", user_id=f"p{n % 3}", properties={"n": n})
+            if n % 10 == 0:
+                await anyio.sleep(0.005)
+        await anyio.sleep(0.1)
+        during = client.stats
+        healthy = True
+        result = await client.flush(timeout=20)
+    assert during.queued <= 2 * 2 + 1
+    assert during.spooled >= 290
+    assert result.delivered == 301
+    assert client.stats.dropped == 0
+
+
+async def test_always_mode_makes_track_durable_before_it_returns(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    gate = Gate()
+    async with make_client(
+        transport=gate.transport, spool=tmp_path / "s.spool", spool_mode="always"
+    ) as client:
+        for n in range(5):
+            await client.track("Step", user_id="p", properties={"n": n})
+            assert client._spooler is not None
+            assert not client._spooler.pending  # written and committed already
+        assert client.stats.spooled == 5
+        gate.open.set()
+        await client.flush(timeout=5)
+        await anyio.sleep(0.05)
+        assert client.stats.spooled == 0  # acknowledged once delivered
+    assert [b["properties"]["n"] for b in gate.recorder.bodies] == list(range(5))
+
+
+async def test_expired_events_are_reported_as_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "s.spool"
+    gate = Gate()
+    async with AsyncEncharge(
+        WRITE_KEY, endpoint=ENDPOINT, transport=gate.transport, spool=path, shutdown_timeout=0.1
+    ) as client:
+        await client.track("Old", user_id="p")
+    drops: list[tuple[str, DropReason]] = []
+    recorder = Recorder()
+    async with AsyncEncharge(
+        WRITE_KEY,
+        endpoint=ENDPOINT,
+        transport=httpx.MockTransport(recorder),
+        spool=path,
+        spool_max_age=0.001,
+        on_drop=lambda event, reason: drops.append((event.name, reason)),
+    ) as client:
+        await client.track("New", user_id="p", wait=True)
+    assert drops == [("Old", DropReason.EXPIRED)]
+    assert recorder.names() == ["New"]
+
+
+async def test_a_locked_spool_is_a_clear_error_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "s.spool"
+    async with AsyncEncharge(WRITE_KEY, transport=httpx.MockTransport(Recorder()), spool=path):
+        second = AsyncEncharge(WRITE_KEY, transport=httpx.MockTransport(Recorder()), spool=path)
+        with pytest.raises(SpoolLockedError, match=r"\{slot\}"):
+            await second.__aenter__()
+        with pytest.raises(SpoolError):
+            raise SpoolLockedError(path, None)
+
+
+async def test_a_broken_spool_path_falls_back_to_memory_when_started_lazily(
+    make_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    client = make_client(spool=blocker / "s.spool")
+    await client.track("E", user_id=1)  # started without __aenter__: errors are logged
+    result = await client.flush(timeout=5)
+    await client.aclose()
+    assert result.delivered == 1
+    assert any(
+        r.levelno == logging.ERROR and "memory only" in r.getMessage() for r in caplog.records
+    )
+
+
+def test_spool_configuration_errors() -> None:
+    with pytest.raises(ConfigurationError, match="spool must be a file path"):
+        AsyncEncharge(WRITE_KEY, spool=42)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="spool must be a file path, got an empty"):
+        AsyncEncharge(WRITE_KEY, spool=" ")
+    with pytest.raises(ConfigurationError, match="spool_mode must be"):
+        AsyncEncharge(WRITE_KEY, spool="x", spool_mode="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="spool_after"):
+        AsyncEncharge(WRITE_KEY, spool="x", spool_after=0)
+
+
+async def test_waiters_of_events_kept_in_the_spool_are_told(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    gate = Gate()
+    client = make_client(transport=gate.transport, spool=tmp_path / "s.spool", shutdown_timeout=0.1)
+    errors: list[DeliveryError] = []
+
+    async def waiter() -> None:
+        try:
+            await client.track("E", user_id=1, wait=True, timeout=10)
+        except DeliveryError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.sleep(0.05)
+        await client.aclose()
+    assert len(errors) == 1
+    assert "kept in the spool" in str(errors[0])
+
+
+CRASH_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys, httpx
+    from encharge_async import AsyncEncharge
+
+    async def main():
+        async def never(request):
+            await asyncio.sleep(3600)
+        client = AsyncEncharge("k", endpoint="http://127.0.0.1:9/v1/",
+                               transport=httpx.MockTransport(never),
+                               spool=sys.argv[1], spool_mode="always")
+        async with client:
+            for n in range(10_000):
+                mid = await client.track("Step", user_id=f"p{n % 4}", properties={"n": n})
+                print(mid, flush=True)  # acknowledged to the caller: must survive kill -9
+    asyncio.run(main())
+    """
+)
+
+
+def test_kill_9_loses_nothing_acknowledged_in_always_mode(tmp_path: Path) -> None:
+    path = tmp_path / "crash.spool"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASH_CHILD, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    acknowledged: list[str] = []
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            acknowledged.append(line.strip())
+            if len(acknowledged) == 300:
+                os.kill(child.pid, signal.SIGKILL)
+                break
+        acknowledged.extend(line.strip() for line in child.stdout if line.strip())
+    finally:
+        child.kill()
+        child.wait(10)
+        if child.stdout is not None:
+            child.stdout.close()
+
+    async def resume() -> list[str]:
+        recorder = Recorder()
+        async with AsyncEncharge(
+            WRITE_KEY, endpoint=ENDPOINT, transport=httpx.MockTransport(recorder), spool=path
+        ) as client:
+            with anyio.fail_after(30):
+                while client.stats.spooled or client.stats.queued or client.stats.in_flight:
+                    await client.flush(timeout=1)
+                    await anyio.sleep(0.01)
+        bodies: list[dict[str, Any]] = recorder.bodies
+        per_person: dict[str, list[int]] = defaultdict(list)
+        for body in bodies:
+            per_person[body["user"]["userId"]].append(body["properties"]["n"])
+        for sequence in per_person.values():
+            assert sequence == sorted(sequence)
+        return [r.headers["idempotency-key"] for r in recorder.requests]
+
+    delivered = anyio.run(resume)
+    assert set(acknowledged) <= set(delivered)  # nothing acknowledged was lost
+    assert len(delivered) == len(set(delivered))
+    assert json.dumps(delivered)  # well-formed ids
