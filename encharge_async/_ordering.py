@@ -20,7 +20,9 @@ class Lanes:
     __slots__ = ("_lanes",)
 
     def __init__(self) -> None:
-        self._lanes: dict[str, deque[Event]] = {}
+        # A lane holding one event (the usual case) is the event itself; a deque is made
+        # only when a second one queues behind it (a deque costs ~600 bytes).
+        self._lanes: dict[str, Event | deque[Event]] = {}
 
     def __len__(self) -> int:
         return len(self._lanes)
@@ -32,9 +34,12 @@ class Lanes:
         for key in event.keys:
             lane = lanes.get(key)
             if lane is None:
-                lanes[key] = deque((event,))
+                lanes[key] = event
             else:
-                lane.append(event)
+                if isinstance(lane, deque):
+                    lane.append(event)
+                else:
+                    lanes[key] = deque((lane, event))
                 waiting += 1
         event._waiting = waiting
         return waiting == 0
@@ -45,6 +50,9 @@ class Lanes:
         unblocked: list[Event] = []
         for key in event.keys:
             lane = lanes[key]
+            if not isinstance(lane, deque):
+                del lanes[key]
+                continue
             lane.popleft()
             if lane:
                 following = lane[0]
