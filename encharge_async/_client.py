@@ -7,6 +7,7 @@ import heapq
 import logging
 import os
 import ssl
+import threading
 import time
 import weakref
 from collections import OrderedDict, deque
@@ -112,6 +113,17 @@ def _no_loop() -> object | None:
     return None
 
 
+async def _load_ssl_context() -> ssl.SSLContext:
+    """Load the CA bundle (~20 ms) in a thread, off the event loop, when threads may start.
+
+    At interpreter exit (an atexit flush) Python refuses new threads: load it inline then.
+    """
+    try:
+        return await anyio.to_thread.run_sync(httpx.create_ssl_context)
+    except RuntimeError:
+        return httpx.create_ssl_context()
+
+
 def _no_divert(event: Event) -> None:  # pragma: no cover - only called while diverting
     raise AssertionError("events are diverted only when a spooler exists")
 
@@ -204,6 +216,7 @@ class AsyncEncharge:
         self._binding: LoopBinding | None = None
         self._loop_token: object = None
         self._current_loop: Callable[[], object | None] = _no_loop
+        self._loop_thread = 0
         self._queued: OrderedDict[Event, None] = OrderedDict()
         self._queued_bytes = 0
         self._in_flight: set[Event] = set()
@@ -590,6 +603,9 @@ class AsyncEncharge:
     # -- enqueue -----------------------------------------------------------------------------
 
     async def _submit(self, event: Event, wait: bool, timeout: float | None) -> str:
+        if self._state is _OPEN and self._current_loop() is not self._loop_token:
+            # Waiting needs the client's own loop; only a plain hand-off crosses loops.
+            raise self._wrong_loop_error()
         if wait:
             event._waiter = anyio.Event()
             event._error = None
@@ -630,8 +646,9 @@ class AsyncEncharge:
         """
         if self._state is _OPEN:
             assert self._binding is not None
-            if self._binding.current() is None:
-                # A plain thread (a sync handler in a thread pool): the loop takes it from here.
+            if self._binding.current() is None or threading.get_ident() != self._loop_thread:
+                # Another thread (a sync handler in a thread pool, or a thread running its
+                # own loop): the client's loop takes the event from here.
                 if self._overflow == "block" and self._is_full(event):
                     raise QueueFullError(
                         "the queue is full and overflow='block': a call from another thread "
@@ -777,6 +794,7 @@ class AsyncEncharge:
         self._binding = binding
         self._loop_token = binding.token
         self._current_loop = binding.current
+        self._loop_thread = threading.get_ident()
         self._closing = anyio.Event()
         self._closed = anyio.Event()
         self._runner_scope = anyio.CancelScope()
@@ -799,14 +817,16 @@ class AsyncEncharge:
         try:
             with self._runner_scope:
                 if self._user_transport is None:
-                    # Loading the CA bundle takes ~20 ms: keep it off the event loop.
-                    self._ssl_context = await anyio.to_thread.run_sync(httpx.create_ssl_context)
+                    self._ssl_context = await _load_ssl_context()
                 async with anyio.create_task_group() as tg:
                     for _ in range(self._max_concurrency):
                         tg.start_soon(self._worker)
                     tg.start_soon(self._timer)
                     if self._spooler is not None:
                         tg.start_soon(self._spooler.run)
+        except Exception:  # pragma: no cover - a bug: say so rather than stall silently
+            logger.exception("the delivery runner crashed; events are no longer delivered")
+            raise
         finally:
             self._runner_done.set()
 

@@ -96,13 +96,14 @@ class Sender:
             return Attempt(
                 Outcome.RETRY, reason=f"no answer within timeout={self._timeout:g}s", ambiguous=True
             )
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, OSError) as exc:
+            # OSError: network errors from transports that do not map them to httpx's.
             return Attempt(
                 Outcome.RETRY,
                 reason=self._scrub(
                     f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 ),
-                ambiguous=not isinstance(exc, _NOT_SENT),
+                ambiguous=not isinstance(exc, (*_NOT_SENT, ConnectionRefusedError)),
             )
         except Exception as exc:
             # A transport bug is not worth retrying; report it, keep the worker alive.

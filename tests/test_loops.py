@@ -229,3 +229,27 @@ async def test_trio_and_asyncio_share_one_code_path(
         assert client._binding.backend == anyio_backend
     assert client.stats.delivered == 1
     assert sys.modules.get("encharge_async") is not None
+
+
+@pytest.mark.anyio
+async def test_nowait_from_a_thread_running_its_own_loop(
+    make_client: ClientFactory, recorder: Recorder
+) -> None:
+    async with make_client() as client:
+        await client.track("from the client's loop", user_id=1)
+
+        def other_thread() -> str:
+            async def on_another_loop() -> str:
+                # Waiting needs the client's own loop; a plain hand-off works from anywhere.
+                with pytest.raises(EventLoopError):
+                    await client.track("E", user_id=2, wait=True)
+                await client.track("async, from another loop", user_id=3)
+                return client.track_nowait("from another loop", user_id=2)
+
+            return asyncio.run(on_another_loop())
+
+        mid = await anyio.to_thread.run_sync(other_thread)
+        await anyio.sleep(0.01)
+        await client.flush(timeout=5)
+    assert mid in {r.headers["idempotency-key"] for r in recorder.requests}
+    assert client.stats.delivered == 3
