@@ -20,8 +20,8 @@ demo: $(STAMP)
 	$(BIN)/encharge-async demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check encharge_async tests benchmarks
-	$(BIN)/ruff format --check encharge_async tests benchmarks
+	$(BIN)/ruff check encharge_async tests benchmarks examples
+	$(BIN)/ruff format --check encharge_async tests benchmarks examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
