@@ -552,17 +552,23 @@ class AsyncEncharge:
             await anyio.lowlevel.checkpoint()  # like every async call: a chance to switch
         return result
 
-    async def aclose(self) -> FlushResult:
-        """Stop accepting events, deliver what is queued within `shutdown_timeout`, close.
+    async def aclose(self, timeout: float | None = None) -> FlushResult:
+        """Stop accepting events, deliver what is queued within `timeout`, close.
 
-        Backoff sleeps are cut short as the deadline nears; what is still undelivered at the
-        deadline is cancelled, counted in `stats.dropped` and reported to `on_drop` with
-        `DropReason.SHUTDOWN`. Returns what happened to the events that were pending.
-        Calling it again returns the same result.
+        `timeout` defaults to `shutdown_timeout`. Backoff sleeps are cut short as the
+        deadline nears; what is still undelivered at the deadline is cancelled, kept in the
+        spool if there is one, else counted in `stats.dropped` and reported to `on_drop`
+        with `DropReason.SHUTDOWN`. Returns what happened to the events that were pending
+        (also when `aclose()` itself is cancelled). Calling it again returns the same result.
 
         Raises:
             EventLoopError: called from an event loop other than the client's.
         """
+        bound = (
+            self._shutdown_timeout
+            if timeout is None
+            else _config.check_seconds("timeout", timeout, allow_zero=True)
+        )
         if self._state is ClientState.CLOSED:
             return self._close_result or FlushResult()
         if self._state is ClientState.UNOPENED:
@@ -575,22 +581,25 @@ class AsyncEncharge:
         if self._state is ClientState.CLOSING:
             # Another task is closing; wait for it within the same bound.
             assert self._closed is not None
-            with anyio.move_on_after(self._shutdown_timeout + 2 * TRANSPORT_CLOSE_TIMEOUT):
+            with anyio.move_on_after(bound + 2 * TRANSPORT_CLOSE_TIMEOUT):
                 await self._closed.wait()
             return self._close_result or FlushResult()
-        self._begin_closing()
-        drained = FlushResult()
+        self._begin_closing(bound)
+        # Nothing new is accepted from here on: the counters' growth is what closing did,
+        # which stays right even if this call is cancelled half-way.
+        before = self.stats
         try:
-            drained = await self._wait_for_enqueued(self._shutdown_timeout)
+            await self._wait_for_enqueued(bound)
         finally:
             with anyio.CancelScope(shield=True):
-                left, held = await self._stop_runner()
+                _, held = await self._stop_runner(bound)
                 for transport in self._transports:
                     await self._close_transport(transport)
+                after = self.stats
                 result = self._close_result = FlushResult(
-                    delivered=drained.delivered,
-                    failed=drained.failed,
-                    dropped=drained.dropped + left,
+                    delivered=after.delivered - before.delivered,
+                    failed=after.failed - before.failed,
+                    dropped=after.dropped - before.dropped,
                     pending=0,
                     spooled=held,
                 )
@@ -830,10 +839,10 @@ class AsyncEncharge:
         finally:
             self._runner_done.set()
 
-    def _begin_closing(self) -> None:
+    def _begin_closing(self, timeout: float) -> None:
         self._state = ClientState.CLOSING
         now = anyio.current_time()
-        self._close_deadline = now + self._shutdown_timeout
+        self._close_deadline = now + timeout
         assert self._closing is not None
         self._closing.set()
         # Parked retries are tried now rather than after the app has gone; if they fail
@@ -850,7 +859,7 @@ class AsyncEncharge:
         """During shutdown: the last moment an attempt can start and still finish in time."""
         return max(now, self._close_deadline - self._timeout)
 
-    async def _stop_runner(self) -> tuple[int, int]:
+    async def _stop_runner(self, timeout: float) -> tuple[int, int]:
         """Cancel the worker; keep what it had not delivered in the spool, or drop it.
 
         Returns how many events were dropped, and how many the spool holds.
@@ -887,8 +896,8 @@ class AsyncEncharge:
             self._drop(event, DropReason.SHUTDOWN)
         if lost:
             logger.warning(
-                "shutdown_timeout=%gs ran out: %d undelivered event(s) dropped",
-                self._shutdown_timeout,
+                "the shutdown timeout (%gs) ran out: %d undelivered event(s) dropped",
+                timeout,
                 len(lost),
             )
         return len(lost), held

@@ -252,3 +252,35 @@ async def test_flush_does_not_wait_for_later_events(make_client: ClientFactory) 
             early_gate.set()
     assert results == [FlushResult(delivered=1)]
     assert client.stats.delivered == 2
+
+
+async def test_aclose_timeout_overrides_shutdown_timeout(make_client: ClientFactory) -> None:
+    async def never(request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(3600)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    client = make_client(transport=httpx.MockTransport(Recorder(never)), shutdown_timeout=3600)
+    await client.track("E", user_id=1)
+    with anyio.fail_after(10):  # would hang for an hour with the client's own timeout
+        result = await client.aclose(timeout=0.05)
+    assert result.dropped == 1
+
+
+async def test_cancelled_aclose_still_reports_what_it_did(make_client: ClientFactory) -> None:
+    release = anyio.Event()
+
+    async def gated(request: httpx.Request) -> httpx.Response:
+        if b"slow" in request.content:
+            await anyio.sleep(3600)
+        await release.wait()
+        return httpx.Response(200)
+
+    client = make_client(transport=httpx.MockTransport(Recorder(gated)), shutdown_timeout=3600)
+    await client.track("fast", user_id=1)
+    await client.track("slow", user_id=2)
+    release.set()
+    with anyio.move_on_after(0.2):
+        await client.aclose()
+    result = client._close_result
+    assert result is not None
+    assert (result.delivered, result.dropped) == (1, 1)
