@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check-tests install bench clean
+.PHONY: demo test lint typecheck verifytypes docs check-tests install bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,14 @@ check-tests: $(STAMP)
 	$(BIN)/coverage run -m pytest
 	$(BIN)/coverage report
 
-test: lint typecheck check-tests
+# The public API must stay fully typed (pyright ignores --pythonpath in this mode).
+verifytypes: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)" $(BIN)/pyright --verifytypes encharge_async --ignoreexternal
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict -d site
+
+test: lint typecheck verifytypes docs check-tests
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run

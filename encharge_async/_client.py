@@ -859,6 +859,18 @@ class AsyncEncharge:
         """During shutdown: the last moment an attempt can start and still finish in time."""
         return max(now, self._close_deadline - self._timeout)
 
+    def _closing_due(self, now: float, delay: float) -> float:
+        """During shutdown: when a retry asked for `now + delay` should happen instead.
+
+        The backoff is shortened so that a last attempt fits before the deadline; when the
+        deadline is too near for a whole request anyway, the backoff is kept (only capped
+        at the deadline), so a fast-failing endpoint is not hammered while we close.
+        """
+        latest = self._close_deadline - self._timeout
+        if latest > now:
+            return min(now + delay, latest)
+        return min(now + delay, self._close_deadline)
+
     async def _stop_runner(self, timeout: float) -> tuple[int, int]:
         """Cancel the worker; keep what it had not delivered in the spool, or drop it.
 
@@ -1019,7 +1031,7 @@ class AsyncEncharge:
             self._paused_until = max(self._paused_until, now + delay)
         due = now + delay
         if self._state is not _OPEN:
-            due = min(due, self._latest_start(now))
+            due = self._closing_due(now, delay)
         logger.debug(
             "message %s: attempt %d failed (%s), retrying in %.2fs",
             event.message_id,

@@ -52,6 +52,13 @@ class Event:
         "size",
     )
 
+    message_id: str
+    name: str
+    body: bytes
+    size: int
+    keys: tuple[str, ...]
+    attempts: int
+    seq: int
     _deadline: float
     _retry_state: Any
     _error: Exception | None

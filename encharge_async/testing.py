@@ -142,6 +142,7 @@ class EnchargeRecorder(httpx.AsyncBaseTransport):
         self._failing: dict[str, _Failure] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Record `request` and answer it: 200 `{}`, or the failure scripted for it."""
         content = await request.aread()
         body = json.loads(content)
         message_id = request.headers.get("idempotency-key", "")
@@ -517,7 +518,7 @@ class FakeAsyncEncharge(AsyncEncharge):
         assert_timeout: float = DEFAULT_ASSERT_TIMEOUT,
         **options: Any,
     ) -> None:
-        self.recorder = recorder if recorder is not None else EnchargeRecorder()
+        self.recorder: EnchargeRecorder = recorder if recorder is not None else EnchargeRecorder()
         self.assert_timeout = assert_timeout
         super().__init__(write_key, **_fake_options(options, self.recorder))
 
@@ -638,7 +639,7 @@ class FakeEncharge(Encharge):
         assert_timeout: float = DEFAULT_ASSERT_TIMEOUT,
         **options: Any,
     ) -> None:
-        self.recorder = recorder if recorder is not None else EnchargeRecorder()
+        self.recorder: EnchargeRecorder = recorder if recorder is not None else EnchargeRecorder()
         self.assert_timeout = assert_timeout
         super().__init__(write_key, **_fake_options(options, self.recorder))
 

@@ -284,3 +284,21 @@ async def test_cancelled_aclose_still_reports_what_it_did(make_client: ClientFac
     result = client._close_result
     assert result is not None
     assert (result.delivered, result.dropped) == (1, 1)
+
+
+async def test_a_fast_failing_endpoint_is_not_hammered_while_closing(
+    make_client: ClientFactory,
+) -> None:
+    recorder = Recorder(lambda request: httpx.Response(503))
+    client = make_client(
+        transport=httpx.MockTransport(recorder),
+        retry_wait=tenacity.wait_fixed(0.2),
+        shutdown_timeout=0.5,
+        timeout=10,  # longer than the shutdown window: no whole attempt "fits"
+    )
+    await client.track("E", user_id=1)
+    await anyio.sleep(0.05)
+    result = await client.aclose()
+    # The backoff is kept while closing: a handful of attempts, not the whole retry budget.
+    assert len(recorder.requests) <= 5
+    assert result.dropped == 1

@@ -149,8 +149,8 @@ class Store:
         self.path = path
         self.limits = limits
         self.moved_aside: list[Path] = []
-        self.count = 0
-        self.bytes = 0
+        self.count: int = 0
+        self.bytes: int = 0
         self.refused = 0
         self.expired = 0
         self.duplicates = 0
