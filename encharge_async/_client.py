@@ -55,6 +55,7 @@ from ._exceptions import (
     DeliveryError,
     EventLoopError,
     QueueFullError,
+    ValidationError,
 )
 from ._ordering import Lanes
 from ._retry import RetryPolicy, default_wait
@@ -612,6 +613,12 @@ class AsyncEncharge:
     # -- enqueue -----------------------------------------------------------------------------
 
     async def _submit(self, event: Event, wait: bool, timeout: float | None) -> str:
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not timeout >= 0  # also refuses NaN
+        ):
+            raise ValidationError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         if self._state is _OPEN and self._current_loop() is not self._loop_token:
             # Waiting needs the client's own loop; only a plain hand-off crosses loops.
             raise self._wrong_loop_error()

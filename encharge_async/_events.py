@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import reprlib
 import os
 import uuid
 from collections.abc import Mapping
@@ -132,8 +133,15 @@ def _check_user_id(user_id: object, field: str) -> str | int:
     return user_id
 
 
+_short_repr = reprlib.Repr()
+_short_repr.maxlevel = 3
+_short_repr.maxstring = _short_repr.maxother = 40
+
+
 def _describe(value: object) -> str:
-    text = repr(value)
+    # reprlib: bounded depth and length, so a huge or deeply nested value cannot turn the
+    # error message itself into a RecursionError.
+    text = _short_repr.repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{type(value).__name__} {text}"
@@ -198,6 +206,12 @@ def _person_from_mapping(
         _check_email(person["email"], f"{field}.email")
     if "userId" in person:
         _check_user_id(person["userId"], f"{field}.userId")
+    tags = person.get("tags")
+    if tags is not None and not isinstance(tags, str):
+        raise ValidationError(
+            f"{field}.tags must be a comma-separated string such as 'vip, beta', "
+            f"got {_describe(tags)}"
+        )
     return person, _person_keys(person)
 
 
@@ -336,6 +350,12 @@ def build_group(
         if not keys:
             raise ValidationError("group's user needs an email or a user_id")
         wire["user"] = person
+    for id_field in ("id", "externalId"):
+        value = fields.get(id_field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+            raise ValidationError(
+                f"properties.{id_field} must be a string or an int, got {_describe(value)}"
+            )
     # Updates of one object (by externalId, else Encharge's id) stay in order too.
     object_id = fields.get("externalId", fields.get("id"))
     if object_id is not None:

@@ -61,7 +61,10 @@ def _stdlib_only(obj: Mapping[str, Any]) -> bytes:
     except RecursionError:
         raise ValidationError("event is nested too deeply to serialise") from None
     except (TypeError, ValueError) as exc:
-        found = _find_unserialisable(obj, "")
+        try:
+            found = _find_unserialisable(obj, "")
+        except RecursionError:  # a reference cycle ("Circular reference detected")
+            found = None
         path, problem = found if found is not None else ("", str(exc))
         raise ValidationError(f"{path or 'event'}: {problem}") from None
 

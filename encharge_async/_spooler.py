@@ -73,6 +73,8 @@ class Spooler:
         self._writer_wakeup = anyio.Event()
         self._feeder_wakeup = anyio.Event()
         self._opened: anyio.Event | None = None
+        self._loading = False
+        self._acked_while_loading: set[str] = set()
         self.open_error: SpoolError | None = None
 
     # -- called by the client, on its loop ----------------------------------------------------
@@ -219,7 +221,12 @@ class Spooler:
                         await self.spool.ack(acks)
                     except SpoolError as exc:  # they are only sent again next start
                         logger.error("acknowledging spooled events failed: %s", exc)
-                    self.resident.difference_update(acks)
+                    if self._loading:
+                        # A read that started before this ack may still return them: the
+                        # feeder must recognise them as ours until it has looked.
+                        self._acked_while_loading.update(acks)
+                    else:
+                        self.resident.difference_update(acks)
 
     def _after_append(self, batch: list[Event], refused: tuple[SpooledEvent, ...]) -> None:
         client = self._client
@@ -253,19 +260,16 @@ class Spooler:
                 with anyio.move_on_after(1.0):  # also re-checks the outage window
                     await client._space.wait()
                 continue
-            if self.writing:
-                await self.current_commit.wait()
-                continue
-            if self.pending:
-                # Everything accepted so far must be on disk before we read past it.
-                self._writer_wakeup.set()
-                await self.next_commit.wait()
-                continue
             generation = self.generation
-            page = await self.spool.load(limit=min(room, SPOOL_LOAD_PAGE), after=self.cursor)
+            self._loading = True
+            try:
+                page = await self.spool.load(limit=min(room, SPOOL_LOAD_PAGE), after=self.cursor)
+            finally:
+                self._loading = False
+            acked, self._acked_while_loading = self._acked_while_loading, set()
             for spooled in page:
                 self.cursor = spooled.seq
-                if spooled.message_id in self.resident:
+                if spooled.message_id in self.resident or spooled.message_id in acked:
                     continue
                 event = self.spilled.pop(spooled.message_id, None)
                 if event is None:  # left by an earlier process
@@ -275,18 +279,34 @@ class Spooler:
                     event.body = spooled.body
                 self.resident.add(spooled.message_id)
                 client._accept_spilled(event)
+            self.resident.difference_update(acked)
             client._spilled_count = len(self.spilled)
-            if page or generation != self.generation or self.pending:
-                continue
+            if page or generation != self.generation:
+                continue  # an append landed meanwhile: read again before deciding
             if self.outage:
                 # Drained, but the endpoint is still down: wait for new spilled events (the
                 # writer wakes us) or the end of the outage.
                 await self._feeder_wakeup.wait()
                 self._feeder_wakeup = anyio.Event()
                 continue
-            self.spilling = False
-            client._update_divert()
-            logger.info("the spool %s is drained; events stay in memory", self._describe())
+            self._stop_spilling()
+
+    def _stop_spilling(self) -> None:
+        """The disk holds nothing older than what is still being appended: back to memory.
+
+        Spilled events not read back are the ones still pending or being appended (their
+        bodies are still here): they join the memory queue now, in order, and stay in the
+        spool's books (appended, then acknowledged when they end) like always-mode events.
+        """
+        client = self._client
+        for event in self.spilled.values():  # insertion order: the order of arrival
+            self.resident.add(event.message_id)
+            client._accept_spilled(event)
+        self.spilled.clear()
+        client._spilled_count = 0
+        self.spilling = False
+        client._update_divert()
+        logger.info("the spool %s is drained; events stay in memory", self._describe())
 
     def _room(self) -> int:
         client = self._client
@@ -321,11 +341,12 @@ class Spooler:
                             [SpooledEvent.from_event(e) for e in to_write.values() if e.body]
                         )
                         refused = {spooled.message_id for spooled in result.refused}
-                    lost = [e for e in undelivered if e.message_id in refused or not e.body]
+                    # Events without a body are spilled ones: on disk already.
+                    lost = [e for e in undelivered if e.message_id in refused]
                     if self.acks:
                         await self.spool.ack(self.acks)
                         self.acks = []
-                    held = (await self.spool.stats()).count
+                    held = self.count = (await self.spool.stats()).count
                 except SpoolError as exc:
                     logger.error("could not keep undelivered events in the spool: %s", exc)
             try:

@@ -1,0 +1,178 @@
+"""Event loop health: the client never holds the loop for long while a big backlog drains.
+
+LOOP_EVENTS events are queued (CHUNK calls at a time, the loop turning between chunks, as
+requests would) and drain against a slow emulator (LATENCY per request, in a child
+process so that only the client runs on the measured loop), with the default concurrency,
+for DRAIN_WINDOW seconds: at 16 requests of 50 ms at a time, a full drain of 50,000 events
+would take minutes. Meanwhile a ticker task sleeps 5 ms in a loop and records by how much
+each sleep overshot: the loop's stalls. The shutdown that follows drops the backlog left
+and is measured apart (reported, not asserted: the requirement is about draining).
+
+Cyclic garbage collection scans every object of the process, the whole test session's
+included (pytest, hypothesis, FastAPI...), which no library controls: the objects that
+exist before the measurement are frozen out of it (`gc.freeze()`), and generation-2
+collections are timed and reported.
+
+Asserted: the 99.9th percentile of the stalls stays under 50 ms (the issue's bound). The
+maximum is reported, not asserted: on a shared 2-core machine the OS may preempt the
+process for longer than that at any moment.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from encharge_async import AsyncEncharge
+
+from .conftest import Stopwatch, child_emulator, summary
+
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+
+KEY = "wk-loop-0123456789"
+LOOP_EVENTS = 50_000
+CHUNK = 500  # calls between two turns of the loop
+DRAIN_WINDOW = 4.0  # seconds of drain measured
+MAX_CONCURRENCY = 16  # the default
+LATENCY = 0.05  # seconds the emulator takes per request
+TICK = 0.005
+STALL_BOUND = 0.050  # the issue's requirement
+
+
+class Ticker:
+    """Sleeps TICK seconds in a loop and records each overshoot."""
+
+    def __init__(self) -> None:
+        self.stalls: list[float] = []
+
+    async def run(self) -> None:
+        while True:
+            start = time.perf_counter()
+            await anyio.sleep(TICK)
+            self.stalls.append(max(0.0, time.perf_counter() - start - TICK))
+
+    def figures(self) -> dict[str, Any]:
+        ordered = sorted(self.stalls)
+        return {
+            "ticks": len(ordered),
+            "p50_ms": round(statistics.median(ordered) * 1e3, 2),
+            "p99_ms": round(_percentile(ordered, 0.99) * 1e3, 2),
+            "p99_9_ms": round(_percentile(ordered, 0.999) * 1e3, 2),
+            "max_ms": round(ordered[-1] * 1e3, 2),
+        }
+
+
+def _percentile(ordered: list[float], fraction: float) -> float:
+    """Percentile of sorted values, interpolated between the two nearest ranks.
+
+    With ~800 ticks, p99.9 lies between the largest and the second largest stall, near
+    the latter: one stall (the OS preempting the process, say) is tolerated, two are not.
+    """
+    position = fraction * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+class GcWatch:
+    """Times the cyclic garbage collections of generation 2."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append(time.perf_counter() - self._started)
+
+
+@contextmanager
+def watching_gc() -> Iterator[GcWatch]:
+    """Time generation-2 collections; leave out of them what existed before (the test
+    session's heap, which a collection would otherwise scan, in any test)."""
+    watch = GcWatch()
+    gc.collect()
+    gc.freeze()
+    gc.callbacks.append(watch)
+    try:
+        yield watch
+    finally:
+        gc.callbacks.remove(watch)
+        gc.unfreeze()
+
+
+async def test_the_loop_never_stalls_while_a_backlog_drains(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    clock = Stopwatch()
+    async with child_emulator(tmp_path, KEY, latency=LATENCY) as emulator:
+        client = AsyncEncharge(
+            KEY,
+            endpoint=emulator.url,
+            max_queue_size=LOOP_EVENTS,
+            max_concurrency=MAX_CONCURRENCY,
+            shutdown_timeout=0,
+        )
+        async with client:
+            # Warm up: connections open, lazy imports done.
+            for n in range(2 * MAX_CONCURRENCY):
+                client.track_nowait("Warm-up", user_id=f"w{n}")
+            assert (await client.flush(timeout=30)).complete
+            ticker = Ticker()
+            with watching_gc() as collections:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(ticker.run)
+                    for n in range(LOOP_EVENTS):
+                        await client.track(
+                            "Step",
+                            user_id=f"p{n % 1000}",
+                            email=f"p{n % 1000}@example.com",
+                            properties={"n": n, "plan": "pro"},
+                        )
+                        if n % CHUNK == CHUNK - 1:
+                            await anyio.lowlevel.checkpoint()
+                    queued_at = clock.elapsed
+                    await anyio.sleep(DRAIN_WINDOW)
+                    tg.cancel_scope.cancel()
+            drained = client.stats
+            closing = Ticker()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(closing.run)
+                await anyio.sleep(TICK)
+                await client.aclose()  # drops the backlog left
+                await anyio.sleep(2 * TICK)
+                tg.cancel_scope.cancel()
+
+    figures = ticker.figures()
+    gc_max_ms = round(max(collections.pauses, default=0.0) * 1e3, 2)
+    summary(
+        "event loop health",
+        backend=anyio_backend,
+        events_queued=LOOP_EVENTS,
+        queued_in_s=queued_at,
+        drain_window_s=DRAIN_WINDOW,
+        delivered_in_window=drained.delivered - 2 * MAX_CONCURRENCY,
+        **figures,
+        gc2_collections=len(collections.pauses),
+        gc2_max_ms=gc_max_ms,
+        shutdown_max_stall_ms=closing.figures()["max_ms"],
+        dropped_at_shutdown=client.stats.dropped,
+        seconds=clock.elapsed,
+    )
+    assert drained.delivered > 2 * MAX_CONCURRENCY  # it was draining meanwhile
+    assert figures["ticks"] > 100
+    assert figures["p99_9_ms"] < STALL_BOUND * 1e3, figures
