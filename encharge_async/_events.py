@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import reprlib
 import os
+import reprlib
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final
