@@ -1030,9 +1030,14 @@ class AsyncEncharge:
         now = anyio.current_time()
         delay = self._policy.next_delay(event, now, attempt.retry_after)
         if isinstance(delay, str):
-            attempt.reason = f"{attempt.reason}; {delay}" if attempt.reason else delay
-            self._finish_failed(event, attempt)
-            return
+            if not self._can_spill():
+                attempt.reason = f"{attempt.reason}; {delay}" if attempt.reason else delay
+                self._finish_failed(event, attempt)
+                return
+            # With a spool, a retryable failure is never given up on: the event keeps its
+            # person's place and waits for the endpoint (and for the next start, in the
+            # spool, if the app stops first). Only Encharge's refusals fail it.
+            delay = self._policy.backoff(event, attempt.retry_after)
         if attempt.status == 429 or (attempt.status == 503 and attempt.retry_after is not None):
             # The server asked everyone to slow down: pause all senders, not only this one.
             self._paused_until = max(self._paused_until, now + delay)

@@ -76,16 +76,21 @@ class RetryPolicy:
         self.max_retry_time = max_retry_time
         self._retrying = _NoRetrying()
 
-    def next_delay(self, event: Event, now: float, retry_after: float | None) -> float | str:
-        """The delay before the next attempt of `event`, or why it gets no more attempts."""
-        if event.attempts > self.max_retries:
-            return f"gave up after {event.attempts} attempts (max_retries={self.max_retries})"
+    def backoff(self, event: Event, retry_after: float | None) -> float:
+        """The wait before the next attempt, ignoring the retry budget."""
+        if retry_after is not None:
+            return retry_after  # the server's Retry-After beats our own guess
         state = getattr(event, "_retry_state", None)
         if state is None:
             state = event._retry_state = tenacity.RetryCallState(self._retrying, None, (), {})
         state.attempt_number = event.attempts
-        # The server's Retry-After, when given, beats our own guess.
-        delay = retry_after if retry_after is not None else max(0.0, float(self.wait(state)))
+        return max(0.0, float(self.wait(state)))
+
+    def next_delay(self, event: Event, now: float, retry_after: float | None) -> float | str:
+        """The delay before the next attempt of `event`, or why it gets no more attempts."""
+        if event.attempts > self.max_retries:
+            return f"gave up after {event.attempts} attempts (max_retries={self.max_retries})"
+        delay = self.backoff(event, retry_after)
         if now + delay > event._deadline:
             return (
                 f"gave up after {event.attempts} attempts: the next one would be past "

@@ -9,13 +9,10 @@
   could not deliver; a new client on the same spool, once the endpoint is back, delivers
   all of it, first, per-person order kept.
 
-Three library bugs found here are pinned by xfail tests:
-- a client living through the outage fails (on_error) the events it holds in memory
-  once their retry deadline passes, although it has a spool;
-- events already spilled to the spool are reported dropped at shutdown although the
-  spool keeps them (and the next start delivers them);
-- per-person order breaks across a restart when spilling began while older events of the
-  same person were in memory.
+Three library bugs were found here; two are fixed (a client living through the outage
+failed the events it held in memory; spilled events were reported dropped at shutdown).
+The third is pinned by a strict xfail: per-person order breaks across a restart when
+spilling began while older events of the same person were in memory.
 """
 
 from __future__ import annotations
@@ -288,15 +285,6 @@ async def test_order_is_kept_across_a_restart_when_spilling_began_with_events_in
     assert arrived == list(range(6))  # ...but out of order: [0, 3, 4, 5, 1, 2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "library bug: with a spool, events held in memory during an outage still fail for "
-        "good once max_retry_time passes (on_error), and are acknowledged out of the "
-        "spool, instead of going back to the spool"
-    ),
-)
 async def test_with_a_spool_a_client_living_through_the_outage_loses_nothing(
     tmp_path: Path,
 ) -> None:
@@ -315,7 +303,7 @@ async def test_with_a_spool_a_client_living_through_the_outage_loses_nothing(
                     await anyio.sleep(0.01)
         accepted = {record.idempotency_key for record in emulator.events}
     summary(
-        "outage, spool, live (xfail)",
+        "outage, spool, live",
         outage_s=OUTAGE,
         retry_deadline_s=RETRY_DEADLINE,
         events=len(ids),
