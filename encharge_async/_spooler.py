@@ -326,21 +326,28 @@ class Spooler:
         """
         if self.spool is None or not self.usable:
             return 0, undelivered
-        # A cancelled append may or may not have landed: appending again is harmless.
-        to_write = {event.message_id: event for event in [*self.writing, *self.pending]}
-        for event in undelivered:
-            to_write.setdefault(event.message_id, event)
+        # A cancelled append may or may not have landed: appending again is harmless. The
+        # events still being written are the newest: after what the spool holds. Those in
+        # memory are older than anything the spool holds and has not handed back yet (the
+        # feeder reads oldest first): in front, so that the next start keeps the order.
+        newest = {event.message_id: event for event in [*self.writing, *self.pending]}
+        in_memory = [
+            event
+            for event in undelivered
+            if event.message_id not in newest and event.message_id not in self.spilled
+        ]
+        in_memory.sort(key=lambda event: event.seq)
         lost: list[Event] = list(undelivered)
         held = 0
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(SPOOL_CLOSE_TIMEOUT):
                 try:
                     refused: set[str] = set()
-                    if to_write:
-                        result = await self.spool.append(
-                            [SpooledEvent.from_event(e) for e in to_write.values() if e.body]
-                        )
-                        refused = {spooled.message_id for spooled in result.refused}
+                    for batch, front in ((list(newest.values()), False), (in_memory, True)):
+                        events = [SpooledEvent.from_event(e) for e in batch if e.body]
+                        if events:
+                            result = await self.spool.append(events, front=front)
+                            refused.update(spooled.message_id for spooled in result.refused)
                     # Events without a body are spilled ones: on disk already.
                     lost = [e for e in undelivered if e.message_id in refused]
                     if self.acks:

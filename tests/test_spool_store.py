@@ -391,7 +391,7 @@ async def test_call_arguments_are_checked(open_spool: Opener) -> None:
     for bad_limit in (0, -1, True, 1.0):
         with pytest.raises(ValueError, match="limit"):
             await spool.load(limit=bad_limit)
-    for bad_after in (-1, True, "3"):
+    for bad_after in (True, "3", 1.5):
         with pytest.raises(ValueError, match="after"):
             await spool.load(limit=1, after=bad_after)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="limit"):
@@ -992,3 +992,24 @@ def test_the_store_behaves_like_a_bounded_ordered_dict(
                 assert (stats.count, stats.bytes) == (len(model), sum(model.values()))
         finally:
             store.close()
+
+
+@pytest.mark.anyio
+async def test_append_in_front_goes_first_and_moves_stored_events(tmp_path: Path) -> None:
+    spool = await Spool.open(tmp_path / "front.spool")
+    try:
+        now = 1_700_000_000.0
+
+        def make(name: str) -> SpooledEvent:
+            return SpooledEvent(f"id-{name}", name, b'{"n":1}', ("u:1",), now)
+
+        await spool.append([make("a"), make("b")])
+        await spool.append([make("c")], front=True)
+        assert [e.name for e in await spool.load(limit=10)] == ["c", "a", "b"]
+        result = await spool.append([make("b"), make("d")], front=True)
+        assert result.stored == 1  # "b" was moved, not added
+        assert [e.name for e in await spool.load(limit=10)] == ["b", "d", "c", "a"]
+        stats = await spool.stats()
+        assert (stats.count, stats.bytes) == (4, 4 * len(b'{"n":1}'))
+    finally:
+        await spool.close()

@@ -157,13 +157,15 @@ class Spool:
             )
         return await self._thread.call(fn)
 
-    async def append(self, events: Sequence[SpooledEvent]) -> AppendResult:
+    async def append(self, events: Sequence[SpooledEvent], *, front: bool = False) -> AppendResult:
         """Store `events` in one transaction, durable (committed) when this returns.
 
         Idempotent: an event whose `message_id` is already stored is left as it is and
         reported in `duplicates`. An event whose body does not fit in the room left under
         `limits.max_bytes` is not stored and comes back in `refused`; the others are stored.
-        The events' `seq` is ignored.
+        The events' `seq` is ignored. With `front=True` they are stored, in their order,
+        before everything already there (`load` returns them first), moved there if they
+        were stored already: for events older than what the spool holds.
 
         Raises:
             TypeError, ValueError: an element is not a well-formed `SpooledEvent` (nothing
@@ -176,7 +178,7 @@ class Spool:
         batch = [check_event(event) for event in events]
         if not batch:
             return AppendResult(0)
-        return await self._call(partial(self._store.append, batch))
+        return await self._call(partial(self._store.append, batch, front=front))
 
     async def ack(self, message_ids: Sequence[str]) -> None:
         """Delete these events: delivered, or failed for good. Unknown ids are ignored.
@@ -208,9 +210,9 @@ class Spool:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be an int >= 1, got {limit!r}")
         if after is None:
-            after = 0
-        elif isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise ValueError(f"after must be a seq (an int >= 0) or None, got {after!r}")
+            after = -(2**63)  # events put in front have seqs below 1
+        elif isinstance(after, bool) or not isinstance(after, int):
+            raise ValueError(f"after must be a seq (an int) or None, got {after!r}")
         return await self._call(partial(self._store.load, limit, after))
 
     async def expire(self, *, limit: int | None = None) -> list[SpooledEvent]:

@@ -68,6 +68,11 @@ _INSERT: Final = (
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
 
+_INSERT_AT: Final = (
+    "INSERT OR IGNORE INTO events (seq, message_id, name, body, keys, created_at, attempts)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
 _Row = tuple[int, bytes, bytes, bytes, bytes, float, int]
 
 
@@ -343,8 +348,8 @@ class Store:
 
     # -- operations ------------------------------------------------------------------------
 
-    def append(self, events: Sequence[SpooledEvent]) -> AppendResult:
-        """Store `events` in one transaction; see `AppendResult`."""
+    def append(self, events: Sequence[SpooledEvent], *, front: bool = False) -> AppendResult:
+        """Store `events` in one transaction; see `AppendResult` and `Spool.append`."""
 
         def op(conn: sqlite3.Connection) -> AppendResult:
             self._set_sync(conn, self._append_sync)
@@ -353,12 +358,33 @@ class Store:
             duplicates: list[str] = []
             refused: list[SpooledEvent] = []
             conn.execute("BEGIN IMMEDIATE")
+            # In front: explicit seqs below the smallest one stored (seqs may go negative).
+            lowest = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0] if front else None
+            next_front = (1 if lowest is None else lowest) - len(events)
             for event in events:
                 size = len(event.body)
+                if front:
+                    # Put in front = moved there, if it was stored already (atomic here).
+                    old = conn.execute(
+                        "SELECT length(body) FROM events WHERE message_id = ?", (event.message_id,)
+                    ).fetchone()
+                    if old is not None:
+                        conn.execute("DELETE FROM events WHERE message_id = ?", (event.message_id,))
+                        stored -= 1
+                        stored_bytes -= old[0]
                 if size <= room - stored_bytes:
                     keys = json.dumps(event.keys, separators=(",", ":"), ensure_ascii=False)
                     row = (event.message_id, event.name, event.body, keys)
-                    if conn.execute(_INSERT, (*row, event.created_at, event.attempts)).rowcount:
+                    if front:
+                        inserted = conn.execute(
+                            _INSERT_AT, (next_front, *row, event.created_at, event.attempts)
+                        ).rowcount
+                        next_front += 1
+                    else:
+                        inserted = conn.execute(
+                            _INSERT, (*row, event.created_at, event.attempts)
+                        ).rowcount
+                    if inserted:
                         stored += 1
                         stored_bytes += size
                         continue

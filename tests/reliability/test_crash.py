@@ -257,9 +257,9 @@ class SlowDisk(Spool):
         await anyio.sleep(0.05)
         return page
 
-    async def append(self, events: Sequence[SpooledEvent]) -> AppendResult:
+    async def append(self, events: Sequence[SpooledEvent], *, front: bool = False) -> AppendResult:
         await anyio.sleep(0.1)
-        return await super().append(events)
+        return await super().append(events, front=front)
 
 
 @pytest.mark.parametrize(

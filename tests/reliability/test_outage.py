@@ -9,10 +9,10 @@
   could not deliver; a new client on the same spool, once the endpoint is back, delivers
   all of it, first, per-person order kept.
 
-Three library bugs were found here; two are fixed (a client living through the outage
-failed the events it held in memory; spilled events were reported dropped at shutdown).
-The third is pinned by a strict xfail: per-person order breaks across a restart when
-spilling began while older events of the same person were in memory.
+Three library bugs were found here, all fixed since: a client living through the outage
+failed the events it held in memory; spilled events were reported dropped at shutdown;
+per-person order broke across a restart when spilling began while older events of the
+same person were in memory.
 """
 
 from __future__ import annotations
@@ -250,16 +250,6 @@ async def test_events_kept_in_the_spool_are_not_reported_as_dropped(tmp_path: Pa
     assert client.stats.spooled == closed.spooled
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "library bug: when the client starts spilling (full queue, outage) while older "
-        "events of a person are only in memory, the newer ones reach the spool first and "
-        "shutdown appends the older ones after them: the next start delivers them out of "
-        "order"
-    ),
-)
 async def test_order_is_kept_across_a_restart_when_spilling_began_with_events_in_memory(
     tmp_path: Path,
 ) -> None:
@@ -282,7 +272,7 @@ async def test_order_is_kept_across_a_restart_when_spilling_began_with_events_in
                     await anyio.sleep(0.01)
         arrived = [record.body["properties"]["n"] for record in emulator.events]
     assert sorted(set(arrived)) == list(range(6))  # nothing lost...
-    assert arrived == list(range(6))  # ...but out of order: [0, 3, 4, 5, 1, 2]
+    assert arrived == list(range(6))  # ...and in order (it once came [0, 3, 4, 5, 1, 2])
 
 
 async def test_with_a_spool_a_client_living_through_the_outage_loses_nothing(
