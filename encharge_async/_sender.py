@@ -25,9 +25,6 @@ USER_AGENT = (
 
 logger = logging.getLogger("encharge_async")
 
-# Failures where the request cannot have reached the server: retrying them cannot duplicate.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
 
 class Outcome(enum.Enum):
     DELIVERED = "delivered"
@@ -44,8 +41,6 @@ class Attempt:
     body: str = ""
     reason: str = ""
     retry_after: float | None = None
-    # True when the server may have recorded the event although we saw a failure.
-    ambiguous: bool = False
 
 
 class Sender:
@@ -93,9 +88,7 @@ class Sender:
                 finally:
                     await response.aclose()
         except TimeoutError:
-            return Attempt(
-                Outcome.RETRY, reason=f"no answer within timeout={self._timeout:g}s", ambiguous=True
-            )
+            return Attempt(Outcome.RETRY, reason=f"no answer within timeout={self._timeout:g}s")
         except (httpx.TransportError, OSError) as exc:
             # OSError: network errors from transports that do not map them to httpx's.
             return Attempt(
@@ -103,7 +96,6 @@ class Sender:
                 reason=self._scrub(
                     f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 ),
-                ambiguous=not isinstance(exc, (*_NOT_SENT, ConnectionRefusedError)),
             )
         except Exception as exc:
             # A transport bug is not worth retrying; report it, keep the worker alive.
@@ -127,7 +119,6 @@ class Sender:
                 body=text,
                 reason=_reason(status),
                 retry_after=parse_retry_after(response.headers),
-                ambiguous=status in (500, 502, 504) or status == 408,
             )
         return Attempt(Outcome.FAILED, status=status, body=text, reason=_reason(status))
 

@@ -123,9 +123,6 @@ class Spooler:
             self.start_spilling()
         self._feeder_wakeup.set()
 
-    def room_changed(self) -> None:
-        self._feeder_wakeup.set()
-
     # -- tasks --------------------------------------------------------------------------------
 
     async def run(self) -> None:
