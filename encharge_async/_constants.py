@@ -38,6 +38,10 @@ ERROR_BODY_PREVIEW_CHARS: Final = 500
 # A drop warning is logged at most once per this many seconds, with a count of what it covers.
 DROP_WARNING_INTERVAL: Final = 10.0
 
+# The queue's order deque is pruned of departed events once it holds this many more entries
+# than twice the queued count.
+QUEUE_PRUNE_SLACK: Final = 64
+
 # Closing the HTTP transport after the drain is bounded too.
 TRANSPORT_CLOSE_TIMEOUT: Final = 2.0
 

@@ -84,8 +84,9 @@ if orjson is not None:
         if data.find(b"null") != -1:  # find() is twice as fast as `in` on bytes
             return _stdlib_only(obj)
         # orjson's bytes keep the 4 KiB buffer they were written into; a queued event should
-        # not: an exact-size copy costs 0.1 us and saves ~4 KB per event held.
-        return memoryview(data).tobytes()
+        # not: an exact-size copy saves ~4 KB per event held. `%` is the cheapest copy (a
+        # third of memoryview(data).tobytes(); slices and bytes() return `data` itself).
+        return b"%b" % data
 
     dumps = _fast
 else:  # pragma: no cover

@@ -1,10 +1,11 @@
 """Per-person ordering: events that share an identifier leave in the order they came in.
 
-Each identifier (`u:<userId>`, `e:<email>`, `o:<type>:<id>`) has a lane: the events holding
-it that have not finished yet, oldest first. An event may be sent when it heads every lane it
-belongs to. Its `_waiting` field counts the lanes where it does not yet. The oldest unfinished
-event heads all of its lanes, so the scheme cannot deadlock, and events of different people
-never wait for each other.
+Each identifier (userId, email, group object) has a lane, named by its hash (`Event.lanes`):
+the events holding it that have not finished yet, oldest first. An event may be sent when it
+heads every lane it belongs to. Its `_waiting` field counts the lanes where it does not yet.
+The oldest unfinished event heads all of its lanes, so the scheme cannot deadlock, and events
+of different people never wait for each other (unless their identifiers' hashes collide,
+which only orders them).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class Lanes:
     def __init__(self) -> None:
         # A lane holding one event (the usual case) is the event itself; a deque is made
         # only when a second one queues behind it (a deque costs ~600 bytes).
-        self._lanes: dict[str, Event | deque[Event]] = {}
+        self._lanes: dict[int, Event | deque[Event]] = {}
 
     def __len__(self) -> int:
         return len(self._lanes)
@@ -31,7 +32,7 @@ class Lanes:
         """Register a new event; True when nothing before it holds any of its lanes."""
         lanes = self._lanes
         waiting = 0
-        for key in event.keys:
+        for key in event.lanes:
             lane = lanes.get(key)
             if lane is None:
                 lanes[key] = event
@@ -48,7 +49,7 @@ class Lanes:
         """Remove a finished event (the head of its lanes); return the events it unblocks."""
         lanes = self._lanes
         unblocked: list[Event] = []
-        for key in event.keys:
+        for key in event.lanes:
             lane = lanes[key]
             if not isinstance(lane, deque):
                 del lanes[key]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._constants import SPOOL_CLOSE_TIMEOUT, SPOOL_LOAD_PAGE
-from ._events import DELIVERED, FAILED, Event
+from ._events import DELIVERED, FAILED, Event, lanes_of, sequence
 from ._spool import Spool, SpooledEvent, SpoolError, SpoolLimits
 from ._types import DropReason
 
@@ -90,7 +90,7 @@ class Spooler:
                 client._drop(event, DropReason.QUEUE_FULL)
                 return
             client._enqueued += 1
-            event.seq = client._enqueued
+            event.seq = next(sequence)
             self.spilled[event.message_id] = event
             self._client._spilled_count = len(self.spilled)
         else:
@@ -311,7 +311,7 @@ class Spooler:
         if self.outage:
             # While the endpoint is down, keep just enough in memory to notice it is back.
             limit = min(limit, 2 * client._max_concurrency)
-        return limit - len(client._queued)
+        return limit - client._queued_count
 
     # -- shutdown -----------------------------------------------------------------------------
 
@@ -366,6 +366,6 @@ class Spooler:
 
 
 def _event_of(spooled: SpooledEvent) -> Event:
-    event = Event(spooled.name, spooled.body, spooled.keys, spooled.message_id)
+    event = Event(spooled.name, spooled.body, lanes_of(spooled.keys), spooled.message_id)
     event.attempts = spooled.attempts
     return event

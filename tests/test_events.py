@@ -330,3 +330,24 @@ def test_bad_message_id(bad: Any) -> None:
     client = AsyncEncharge(WRITE_KEY)
     with pytest.raises(ValidationError, match="message_id must be 1 to 200 printable ASCII"):
         client.track_nowait("E", user_id=1, message_id=bad)
+
+
+async def test_message_ids_are_unique_stable_and_sent_as_the_idempotency_key(
+    make_client: ClientFactory, recorder: Recorder
+) -> None:
+    dropped: list[str] = []
+    async with (
+        make_client(
+            max_concurrency=1, max_queue_size=3, on_drop=lambda e, r: dropped.append(e.message_id)
+        ) as a,
+        make_client() as b,
+    ):
+        ids = [await a.track("E", user_id=i) for i in range(5)]  # two dropped at the door
+        ids += [b.track_nowait("E", user_id=i) for i in range(3)]
+        await a.flush(timeout=5)
+        await b.flush(timeout=5)
+    assert len(set(ids)) == len(ids) == 8
+    assert all(re.fullmatch(r"[0-9a-f-]{24}\d{12}", mid) for mid in ids)
+    sent = [r.headers["idempotency-key"] for r in recorder.requests]
+    assert sorted(sent + dropped) == sorted(ids)
+    assert len(dropped) == 2

@@ -7,6 +7,7 @@ import random
 from collections import defaultdict
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
@@ -146,3 +147,104 @@ async def test_a_retried_event_holds_back_only_its_own_person(make_client: Clien
     assert result.delivered == 7
     assert order[:5] == [f"fast:e{i}" for i in range(5)]
     assert order[5:] == ["slow:first", "slow:second"]
+
+
+async def test_a_user_id_equal_to_the_email_is_one_lane_not_a_deadlock(
+    make_client: ClientFactory, recorder: Recorder
+) -> None:
+    """Lanes are hashes of the identifiers: equal identifiers must not make an event wait on
+    itself."""
+    async with make_client(max_concurrency=4) as client:
+        await client.track("first", email="a@example.com", user_id="a@example.com")
+        await client.track("second", email="a@example.com")
+        result = await client.flush(timeout=5)
+    assert result.delivered == 2
+    assert recorder.names() == ["first", "second"]
+
+
+def test_lanes_are_the_hashes_of_the_ordering_keys_the_spool_stores() -> None:
+    """Events coming back from the spool get their lanes from the stored string keys; they
+    must land in the same lanes as events built on the caller's line."""
+    from encharge_async._events import (
+        build_alias,
+        build_group,
+        build_identify,
+        build_track,
+        lanes_of,
+    )
+
+    events = [
+        build_track(
+            "T",
+            email="Jon@Example.com",
+            user_id="42",
+            user=None,
+            properties=None,
+            source_ip=None,
+            max_bytes=10_000,
+        ),
+        build_track(
+            "T", email=None, user_id=42, user=None, properties=None, source_ip=None, max_bytes=999
+        ),
+        build_identify(
+            email=None, user_id=None, user={"email": "x@example.com", "userId": 7}, max_bytes=10_000
+        ),
+        build_alias(
+            previous_email="old@example.com",
+            previous_user_id="o1",
+            email="new@example.com",
+            user_id=None,
+            max_bytes=10_000,
+        ),
+        build_group(
+            "company", {"id": 5}, email="e@example.com", user_id=None, user=None, max_bytes=10_000
+        ),
+        build_group("company", {"name": "x"}, email=None, user_id=None, user=None, max_bytes=100),
+    ]
+    assert [event.ordering_keys for event in events] == [
+        ("u:42", "e:jon@example.com"),
+        ("u:42",),
+        ("u:7", "e:x@example.com"),
+        ("u:o1", "e:old@example.com", "e:new@example.com"),
+        ("e:e@example.com", "o:company:5"),
+        (),
+    ]
+    for event in events:
+        assert event.lanes == lanes_of(event.ordering_keys)
+    # An int user id and its string spelling are one person, in one lane.
+    assert events[0].lanes[0] == events[1].lanes[0]
+
+
+async def test_the_queue_order_stays_bounded_behind_a_stuck_head(
+    make_client: ClientFactory,
+) -> None:
+    """One person retrying for a long time heads the queue's order; the entries of the many
+    events delivered behind it are pruned rather than kept (and their memory with them)."""
+    release = anyio.Event()
+
+    async def stuck_then_ok(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["user"]["userId"] == "stuck" and not release.is_set():
+            return httpx.Response(503)
+        return httpx.Response(200)
+
+    import tenacity
+
+    async with make_client(
+        transport=httpx.MockTransport(Recorder(stuck_then_ok)),
+        retry_wait=tenacity.wait_fixed(0.05),
+        max_retries=1000,
+    ) as client:
+        await client.track("stuck", user_id="stuck")
+        for i in range(2000):
+            await client.track("flowing", user_id=f"p{i}")
+            if i % 100 == 0:
+                await anyio.lowlevel.checkpoint()
+        with anyio.fail_after(10):
+            while client.stats.delivered < 2000:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        # White-box: the order deque holds the stuck event and at most the pruning slack.
+        assert client.stats.queued + client.stats.in_flight == 1
+        assert len(client._queued) <= 2 + 64
+        release.set()
+        result = await client.flush(timeout=5)
+    assert result.delivered == 1

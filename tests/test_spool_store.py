@@ -272,7 +272,7 @@ async def test_from_event_takes_what_the_client_event_has() -> None:
         max_bytes=10_000,
     )
     spooled = SpooledEvent.from_event(ev, created_at=12.5)
-    assert spooled == SpooledEvent(ev.message_id, "Registered", ev.body, ev.keys, 12.5, 0)
+    assert spooled == SpooledEvent(ev.message_id, "Registered", ev.body, ev.ordering_keys, 12.5, 0)
     assert spooled.keys == ("u:42", "e:jon@example.com")
     assert SpooledEvent.from_event(ev).created_at > 1_600_000_000  # wall clock by default
 

@@ -33,7 +33,7 @@ class _EventLike(Protocol):
     @property
     def body(self) -> bytes: ...
     @property
-    def keys(self) -> tuple[str, ...]: ...
+    def ordering_keys(self) -> tuple[str, ...]: ...
     @property
     def attempts(self) -> int: ...
 
@@ -67,7 +67,7 @@ class SpooledEvent:
             event.message_id,
             event.name,
             event.body,
-            event.keys,
+            event.ordering_keys,
             time.time() if created_at is None else created_at,
             event.attempts,
         )
