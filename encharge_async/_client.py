@@ -353,14 +353,7 @@ class AsyncEncharge:
             TimeoutError: with `wait=True`, no outcome within `timeout`.
         """
         event = build_track(
-            name,
-            email=email,
-            user_id=user_id,
-            user=user,
-            properties=properties,
-            source_ip=source_ip,
-            max_bytes=self._max_event_bytes,
-            message_id=message_id,
+            name, email, user_id, user, properties, source_ip, self._max_event_bytes, message_id
         )
         if not wait and self._never_blocks:
             self._put_nowait(event)  # the common case, without a second coroutine
@@ -477,14 +470,7 @@ class AsyncEncharge:
                 started when no loop is running.
         """
         event = build_track(
-            name,
-            email=email,
-            user_id=user_id,
-            user=user,
-            properties=properties,
-            source_ip=source_ip,
-            max_bytes=self._max_event_bytes,
-            message_id=message_id,
+            name, email, user_id, user, properties, source_ip, self._max_event_bytes, message_id
         )
         self._put_nowait(event)
         return event.message_id
@@ -670,7 +656,15 @@ class AsyncEncharge:
             or self._queued_bytes + len(event.body) > self._max_queue_bytes
         ) and not self._make_room(event):
             return
-        self._accept(event)
+        # `_accept`, inlined (the hot path; 3% of a call's cost): keep the two in step.
+        self._enqueued += 1
+        event.seq = next(sequence)
+        self._queued.append(event)
+        self._queued_count += 1
+        self._queued_bytes += len(event.body)
+        self._incoming.append(event)
+        if self._idle_workers:
+            self._idle_workers.popleft().set()
 
     def _enter_loop_or_thread(self, event: Event) -> bool:
         """Slow path of `_put_nowait`: start the client, or hand the event over from a thread.
@@ -745,19 +739,12 @@ class AsyncEncharge:
         return False
 
     def _accept(self, event: Event) -> None:
-        """Queue `event`; the workers admit it into the ordering (off the caller's line)."""
-        self._enqueued += 1
-        event.seq = next(sequence)
-        self._queued.append(event)
-        self._queued_count += 1
-        self._queued_bytes += len(event.body)
-        self._incoming.append(event)
-        if self._idle_workers:
-            self._idle_workers.popleft().set()
+        """Queue `event`; the workers admit it into the ordering (off the caller's line).
 
-    def _accept_spilled(self, event: Event) -> None:
-        """Queue an event coming back from the spool (it keeps its place in flush order)."""
-        if not event.seq:  # left by an earlier process
+        An event coming back from the spool keeps its number (its place in flush order),
+        unless an earlier process left it.
+        """
+        if not event.seq:
             self._enqueued += 1
             event.seq = next(sequence)
         event._state = QUEUED

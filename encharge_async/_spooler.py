@@ -186,7 +186,7 @@ class Spooler:
         for event in spilled:
             event._spooled = False
             if event.body:
-                client._accept_spilled(event)
+                client._accept(event)
             else:  # its body is only on the disk we can no longer read
                 client._drop(event, DropReason.SPOOL_ERROR)
 
@@ -275,7 +275,7 @@ class Spooler:
                 else:
                     event.body = spooled.body
                 self.resident.add(spooled.message_id)
-                client._accept_spilled(event)
+                client._accept(event)
             self.resident.difference_update(acked)
             client._spilled_count = len(self.spilled)
             if page or generation != self.generation:
@@ -298,7 +298,7 @@ class Spooler:
         client = self._client
         for event in self.spilled.values():  # insertion order: the order of arrival
             self.resident.add(event.message_id)
-            client._accept_spilled(event)
+            client._accept(event)
         self.spilled.clear()
         client._spilled_count = 0
         self.spilling = False
