@@ -59,6 +59,7 @@ from ._exceptions import (
     QueueFullError,
     ValidationError,
 )
+from ._http11 import Http11Transport, httpx_is_mocked
 from ._ordering import Lanes
 from ._retry import RetryPolicy, default_wait
 from ._runtime import LoopBinding, bind_current_loop
@@ -981,10 +982,15 @@ class AsyncEncharge:
     def _worker_sender(self) -> Sender:
         if self._shared_sender is not None:
             return self._shared_sender
-        transport = httpx.AsyncHTTPTransport(
-            verify=self._ssl_context or True,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-        )
+        transport: httpx.AsyncBaseTransport
+        assert self._binding is not None
+        if self._binding.backend == "asyncio" and not httpx_is_mocked():
+            transport = Http11Transport(self._url, self._ssl_context, self._timeout)
+        else:
+            transport = httpx.AsyncHTTPTransport(
+                verify=self._ssl_context or True,
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            )
         self._transports.append(transport)
         return self._make_sender(transport)
 

@@ -31,6 +31,11 @@ RETRYABLE_STATUS_CODES: Final = frozenset({408, 429, 500, 502, 503, 504})
 # A caller-chosen message id (the Idempotency-Key header) is at most this long.
 MAX_MESSAGE_ID_CHARS: Final = 200
 
+# The default asyncio transport refuses response heads longer than this (Encharge's are a
+# few hundred bytes), and keeps this much of a body (the rest is read and discarded).
+MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
+MAX_RESPONSE_BODY_BYTES: Final = 64 * 1024
+
 # Error bodies are read up to this many bytes; longer ones are truncated in errors.
 MAX_ERROR_BODY_BYTES: Final = 4096
 ERROR_BODY_PREVIEW_CHARS: Final = 500

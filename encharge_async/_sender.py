@@ -13,6 +13,7 @@ import httpx
 
 from ._constants import ERROR_BODY_PREVIEW_CHARS, MAX_ERROR_BODY_BYTES, RETRYABLE_STATUS_CODES
 from ._events import Event
+from ._http11 import Http11Transport
 from ._retry import parse_retry_after
 from ._version import __version__
 
@@ -48,7 +49,8 @@ class Sender:
 
     It calls the transport directly with a prepared request instead of going through
     `httpx.AsyncClient`: no cookies, redirects or auth flows are needed, and each of those
-    costs CPU on the application's own event loop.
+    costs CPU on the application's own event loop. With the default transport on asyncio
+    (`Http11Transport`) it skips httpx's request and response objects too.
     """
 
     def __init__(
@@ -67,6 +69,15 @@ class Sender:
         self._extensions = {
             "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         }
+        self._lean = transport if isinstance(transport, Http11Transport) else None
+        # Everything in the lean path's request head but the per-event lines.
+        self._head = b"".join(
+            [
+                b"POST %s HTTP/1.1\r\nHost: %s\r\n" % (url.raw_path, url.netloc),
+                *(b"%s: %s\r\n" % header for header in self._headers),
+                b"Idempotency-Key: ",
+            ]
+        )
 
     def build_request(self, event: Event) -> httpx.Request:
         headers = [
@@ -79,14 +90,22 @@ class Sender:
 
     async def send(self, event: Event) -> Attempt:
         """Make one attempt; never raises except on cancellation."""
-        request = self.build_request(event)
         try:
-            with anyio.fail_after(self._timeout):
-                response = await self._transport.handle_async_request(request)
-                try:
-                    body = await _read_limited(response)
-                finally:
-                    await response.aclose()
+            if self._lean is not None:
+                body = event.body
+                status, headers, body = await self._lean.request(
+                    b"%s%s\r\nContent-Length: %d\r\n\r\n%s"
+                    % (self._head, event.message_id.encode(), len(body), body)
+                )
+            else:
+                request = self.build_request(event)
+                with anyio.fail_after(self._timeout):
+                    response = await self._transport.handle_async_request(request)
+                    try:
+                        body = await _read_limited(response)
+                    finally:
+                        await response.aclose()
+                status, headers = response.status_code, response.headers.raw
         except TimeoutError:
             return Attempt(Outcome.RETRY, reason=f"no answer within timeout={self._timeout:g}s")
         except (httpx.TransportError, OSError) as exc:
@@ -108,17 +127,18 @@ class Sender:
                 "".join(traceback.format_tb(exc.__traceback__)),
             )
             return Attempt(Outcome.FAILED, reason=self._scrub(f"{type(exc).__name__}: {exc}"))
-        status = response.status_code
         if 200 <= status < 300:
             return Attempt(Outcome.DELIVERED, status=status)
-        text = self._scrub(body.decode("utf-8", "replace")[:ERROR_BODY_PREVIEW_CHARS])
+        text = self._scrub(
+            body[:MAX_ERROR_BODY_BYTES].decode("utf-8", "replace")[:ERROR_BODY_PREVIEW_CHARS]
+        )
         if status in RETRYABLE_STATUS_CODES:
             return Attempt(
                 Outcome.RETRY,
                 status=status,
                 body=text,
                 reason=_reason(status),
-                retry_after=parse_retry_after(response.headers),
+                retry_after=parse_retry_after(httpx.Headers(headers)),
             )
         return Attempt(Outcome.FAILED, status=status, body=text, reason=_reason(status))
 

@@ -70,7 +70,7 @@ class ServerHandle:
             log_config=None,
             log_level="warning",
             access_log=False,
-            http="h11",
+            http="auto",  # httptools when installed (the emulator extra has it), else h11
             ws="none",
             interface="asgi3",
             proxy_headers=False,
