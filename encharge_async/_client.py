@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import heapq
 import logging
@@ -12,6 +13,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
+from threading import get_ident
 from types import TracebackType
 from typing import Any, Final
 
@@ -127,6 +129,15 @@ def _no_loop() -> object | None:
     return None
 
 
+class _ThreadProbe:
+    """For loops other than asyncio's: `_thread_id` is their thread while the runner lives."""
+
+    __slots__ = ("_thread_id",)
+
+    def __init__(self) -> None:
+        self._thread_id: int | None = None
+
+
 async def _load_ssl_context() -> ssl.SSLContext:
     """Load the CA bundle (~20 ms) in a thread, off the event loop, when threads may start.
 
@@ -231,6 +242,12 @@ class AsyncEncharge:
         self._loop_token: object = None
         self._current_loop: Callable[[], object | None] = _no_loop
         self._loop_thread = 0
+        # The hot path's cheap form of "on the client's running loop": open (True from the
+        # start until closing begins or the runner ends), and the probe's `_thread_id` is
+        # the calling thread. asyncio's loop sets `_thread_id` only while it runs; asking
+        # for the running loop instead makes a getpid() system call each time.
+        self._accepting = False
+        self._probe: Any = _ThreadProbe()
         # Queued events (not in flight, not finished) in the order drop_oldest and shutdown
         # take them; entries of events that have left are skipped and pruned (cheaper than
         # an OrderedDict: 8 bytes per event instead of ~100).
@@ -646,15 +663,16 @@ class AsyncEncharge:
     def _put_nowait(self, event: Event) -> None:
         """The hot path: checks, bound test, queue. No locks, no I/O, no task."""
         if (
-            self._state is not _OPEN or self._current_loop() is not self._loop_token
+            not self._accepting or self._probe._thread_id != get_ident()
         ) and self._enter_loop_or_thread(event):
             return
         if self._divert:
             self._divert_event(event)
             return
+        size = len(event.body)
         if (
             self._queued_count >= self._max_queue_size
-            or self._queued_bytes + len(event.body) > self._max_queue_bytes
+            or self._queued_bytes + size > self._max_queue_bytes
         ) and not self._make_room(event):
             return
         # `_accept`, inlined (the hot path; 3% of a call's cost): keep the two in step.
@@ -662,7 +680,7 @@ class AsyncEncharge:
         event.seq = next(sequence)
         self._queued.append(event)
         self._queued_count += 1
-        self._queued_bytes += len(event.body)
+        self._queued_bytes += size
         self._incoming.append(event)
         if self._idle_workers:
             self._idle_workers.popleft().set()
@@ -674,7 +692,10 @@ class AsyncEncharge:
         """
         if self._state is _OPEN:
             assert self._binding is not None
-            if self._binding.current() is None or threading.get_ident() != self._loop_thread:
+            current = self._binding.current()
+            if current is self._loop_token and get_ident() == self._loop_thread:
+                return False  # on the client's loop after all
+            if current is None or get_ident() != self._loop_thread:
                 # Another thread (a sync handler in a thread pool, or a thread running its
                 # own loop): the client's loop takes the event from here.
                 if self._overflow == "block" and self._is_full(event):
@@ -848,6 +869,11 @@ class AsyncEncharge:
             self._divert_event = self._spooler.take
             self._update_divert()
         self._state = _OPEN
+        if isinstance(binding.token, asyncio.BaseEventLoop):
+            self._probe = binding.token
+        else:  # trio, uvloop: the runner's thread, while the runner lives
+            self._probe._thread_id = self._loop_thread
+        self._accepting = True
         self._runner = binding.spawn(self._run)
 
     async def _run(self) -> None:
@@ -867,10 +893,14 @@ class AsyncEncharge:
             logger.exception("the delivery runner crashed; events are no longer delivered")
             raise
         finally:
+            self._accepting = False
+            if isinstance(self._probe, _ThreadProbe):
+                self._probe._thread_id = None
             self._runner_done.set()
 
     def _begin_closing(self, timeout: float) -> None:
         self._state = ClientState.CLOSING
+        self._accepting = False
         now = anyio.current_time()
         self._close_deadline = now + timeout
         assert self._closing is not None

@@ -92,7 +92,7 @@ class Event:
             # A queued event's id is spelled out from its sequence number when asked for, not
             # stored: that saves ~85 bytes per queued event. One asked for earlier is kept.
             if self.seq:
-                return _prefix + str(_ID_BASE + self.seq)
+                return f"{_prefix}{_ID_BASE + self.seq}"
             message_id = self._message_id = _prefix + str(_ID_BASE + next(sequence))
         return message_id
 

@@ -150,6 +150,21 @@ def test_thread_call_after_the_loop_stopped() -> None:
     gc.collect()  # report the abandoned tasks here, under this test's filters
 
 
+# The loop is closed under an open client, its tasks never cancelled: they die unawaited.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
+def test_same_thread_call_after_the_loop_was_closed_without_cancelling() -> None:
+    """The hot path's cheap "on our loop" test must still see that the loop is gone."""
+    client = AsyncEncharge(WRITE_KEY, endpoint=ENDPOINT, transport=httpx.MockTransport(Recorder()))
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(client.track("E", user_id=1))
+    loop.close()  # no asyncio.run(): the runner is never cancelled, its `finally` never runs
+    with pytest.raises(EventLoopError, match="has stopped"):
+        client.track_nowait("E", user_id=2)
+    del client
+    gc.collect()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_starts_clean() -> None:
     recorder = Recorder()
