@@ -14,9 +14,12 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 def header(scope: Scope, name: bytes) -> str | None:
-    """Return the first value of header `name` (lower-case bytes), decoded as latin-1."""
+    """Return the first value of header `name` (lower-case bytes), decoded as latin-1.
+
+    ASGI servers lower-case header names; a mixed-case name is compared lower-cased too.
+    """
     for key, value in scope.get("headers", ()):
-        if key.lower() == name:
+        if key == name or (not key.islower() and key.lower() == name):
             return bytes(value).decode("latin-1")
     return None
 

@@ -52,7 +52,8 @@ class ServerHandle:
         for connection in list(self._server.server_state.connections):
             if tuple(getattr(connection, "client", None) or ()) == tuple(client):
                 transport = getattr(connection, "transport", None)
-                if isinstance(transport, asyncio.Transport):
+                # uvloop's transports are not asyncio.Transport subclasses.
+                if transport is not None and callable(getattr(transport, "abort", None)):
                     transport.abort()
                     return True
         return False
