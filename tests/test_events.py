@@ -347,7 +347,8 @@ async def test_message_ids_are_unique_stable_and_sent_as_the_idempotency_key(
         await a.flush(timeout=5)
         await b.flush(timeout=5)
     assert len(set(ids)) == len(ids) == 8
-    assert all(re.fullmatch(r"[0-9a-f-]{24}\d{12}", mid) for mid in ids)
+    uuid_shaped = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-\d{12}"
+    assert all(re.fullmatch(uuid_shaped, message_id) for message_id in ids)
     sent = [r.headers["idempotency-key"] for r in recorder.requests]
     assert sorted(sent + dropped) == sorted(ids)
     assert len(dropped) == 2
