@@ -703,6 +703,9 @@ class AsyncEncharge:
                         "the queue is full and overflow='block': a call from another thread "
                         "cannot wait for room"
                     )
+                # Fix the id now: spelled out later, it could be read here before the loop
+                # numbers the event and there after, two different ids for one event.
+                event._message_id = event.message_id
                 self._binding.call_soon_threadsafe(self._put_from_thread, event)
                 return True
             raise self._wrong_loop_error()

@@ -218,7 +218,7 @@ def _person(
         person["userId"] = user_id
         if email is not None:
             email_lane = hash(email.lower()) & _LANE_MASK
-            # Equal only when the user id is the email: one lane, not the same lane twice.
+            # Equal when the user id is the email (or the hashes collide): one lane, not two.
             return person, (lane, email_lane) if email_lane != lane else (lane,)
         return person, (lane,)
     if email is not None:

@@ -145,13 +145,9 @@ class _Connection(asyncio.Protocol):
         buffer = self._buffer
         if self._state == _HEAD:
             while True:
-                end = buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(buffer) > MAX_RESPONSE_HEAD_BYTES:
-                        raise httpx.RemoteProtocolError("the response head is too large")
+                head = _take(buffer, b"\r\n\r\n", "the response head")
+                if head is None:
                     return
-                head = bytes(buffer[:end])
-                del buffer[: end + 4]
                 if not self._start(head):  # an interim 1xx response: the real one follows
                     break
         if self._state == _LENGTH:
@@ -232,13 +228,9 @@ class _Connection(asyncio.Protocol):
                     raise httpx.RemoteProtocolError("malformed chunked body")
                 del buffer[:2]
                 self._chunk_state = _CHUNK_SIZE
-            end = buffer.find(b"\r\n")
-            if end < 0:
-                if len(buffer) > MAX_RESPONSE_HEAD_BYTES:
-                    raise httpx.RemoteProtocolError("a chunk size or trailer line is too long")
+            line = _take(buffer, b"\r\n", "a chunk size or trailer line")
+            if line is None:
                 return
-            line = bytes(buffer[:end])
-            del buffer[: end + 2]
             if self._chunk_state == _TRAILERS:
                 if not line:
                     self._complete()
@@ -348,6 +340,18 @@ class Http11Transport(httpx.AsyncBaseTransport):
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
+
+
+def _take(buffer: bytearray, delimiter: bytes, what: str) -> bytes | None:
+    """Cut what precedes `delimiter` off the front of `buffer`; None until it has arrived."""
+    end = buffer.find(delimiter)
+    if end < 0:
+        if len(buffer) > MAX_RESPONSE_HEAD_BYTES:
+            raise httpx.RemoteProtocolError(f"{what} is too large")
+        return None
+    data = bytes(buffer[:end])
+    del buffer[: end + len(delimiter)]
+    return data
 
 
 def httpx_is_mocked() -> bool:

@@ -195,6 +195,7 @@ async def test_a_large_body_is_truncated_but_read_to_its_end() -> None:
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nabc", "chunked body"),
         (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "101"),
         (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000, "too large"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1" * 70_000, "too large"),
     ],
 )
 async def test_protocol_errors_are_remote_protocol_errors(response: bytes, error: str) -> None:
@@ -310,3 +311,38 @@ async def test_the_client_uses_it_on_asyncio_unless_httpx_is_mocked() -> None:
     assert not httpx_is_mocked()
     with respx.mock:
         assert httpx_is_mocked()
+
+
+async def test_no_content_has_no_body_and_keeps_the_connection() -> None:
+    async with scripted(reply(b"HTTP/1.1 204 No Content\r\n\r\n"), reply(OK)) as server:
+        transport = transport_for(server)
+        assert await transport.request(post()) == (204, [], b"")
+        assert (await transport.request(post()))[0] == 200
+        await transport.aclose()
+    assert server.connections == 1
+
+
+async def test_a_transfer_coding_other_than_chunked_ends_with_the_connection() -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 1\r\n\r\n"
+    async with scripted(reply(head + b"raw bytes", close=True), reply(OK)) as server:
+        transport = transport_for(server)
+        assert (await transport.request(post()))[2] == b"raw bytes"  # Content-Length ignored
+        assert (await transport.request(post()))[0] == 200
+        await transport.aclose()
+    assert server.connections == 2
+
+
+async def test_bytes_arriving_on_an_idle_connection_retire_it() -> None:
+    async def then_junk(request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(OK)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+
+    async with scripted(then_junk, reply(OK)) as server:
+        transport = transport_for(server)
+        assert (await transport.request(post()))[0] == 200
+        await asyncio.sleep(0.2)
+        assert (await transport.request(post()))[0] == 200
+        await transport.aclose()
+    assert server.connections == 2
