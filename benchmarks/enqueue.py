@@ -20,7 +20,7 @@ from contextlib import nullcontext
 from typing import Any
 from urllib.parse import urlsplit
 
-from encharge_async import AsyncEncharge, _json
+from encharge_async import AsyncEncharge, Encharge, _json
 
 from ._common import WRITE_KEY, percentile, typical_event
 from ._proc import ServerProcess
@@ -94,6 +94,31 @@ async def encharge_track_nowait_stdlib_json(events: int, sink_url: str) -> list[
         _json.use_orjson(True)
 
 
+async def encharge_sync_track(events: int, sink_url: str) -> list[int]:
+    """The sync client's `Encharge.track(...)` (its loop runs in a thread of its own)."""
+    timings = []
+    clock = time.perf_counter_ns
+    client = Encharge(
+        WRITE_KEY,
+        endpoint=sink_url,
+        max_queue_size=events + 1,
+        max_queue_bytes=1 << 30,
+        shutdown_timeout=0,
+    )
+    try:
+        client.track("warm-up", user_id=0)
+        for i in range(events):
+            if i % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            kwargs = typical_event(i)
+            start = clock()
+            client.track("Registered user", **kwargs)
+            timings.append(clock() - start)
+    finally:
+        await asyncio.to_thread(client.close, 5.0)
+    return timings
+
+
 def _base_url(sink_url: str) -> str:
     parts = urlsplit(sink_url)
     return f"{parts.scheme}://{parts.netloc}"
@@ -157,6 +182,7 @@ CANDIDATES: dict[str, Candidate] = {
     "encharge_async: await track()": encharge_track,
     "encharge_async: track_nowait()": encharge_track_nowait,
     "encharge_async: track_nowait() (stdlib json)": encharge_track_nowait_stdlib_json,
+    "encharge_async: Encharge.track() (sync client)": encharge_sync_track,
     "posthog: AsyncClient.capture()": posthog_capture,
     "segment: analytics-python track()": segment_track,
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import heapq
 import logging
@@ -276,6 +277,10 @@ class AsyncEncharge:
         self._transports: list[httpx.AsyncBaseTransport] = []
         self._shared_sender: Sender | None = None
         self._ssl_context: ssl.SSLContext | None = None
+        # Events handed over by other threads (deque appends and pops are atomic), and
+        # whether the loop has been asked to take them.
+        self._handed_over: deque[Event] = deque()
+        self._take_scheduled = False
         # Accepted events not yet admitted into the ordering; events heading all their
         # lanes; the idle workers waiting for one.
         self._incoming: deque[Event] = deque()
@@ -692,10 +697,7 @@ class AsyncEncharge:
         """
         if self._state is _OPEN:
             assert self._binding is not None
-            current = self._binding.current()
-            if current is self._loop_token and get_ident() == self._loop_thread:
-                return False  # on the client's loop after all
-            if current is None or get_ident() != self._loop_thread:
+            if get_ident() != self._loop_thread:
                 # Another thread (a sync handler in a thread pool, or a thread running its
                 # own loop): the client's loop takes the event from here.
                 if self._overflow == "block" and self._is_full(event):
@@ -703,14 +705,45 @@ class AsyncEncharge:
                         "the queue is full and overflow='block': a call from another thread "
                         "cannot wait for room"
                     )
-                # Fix the id now: spelled out later, it could be read here before the loop
-                # numbers the event and there after, two different ids for one event.
-                event._message_id = event.message_id
-                self._binding.call_soon_threadsafe(self._put_from_thread, event)
+                self._hand_over(event)
+                return True
+            current = self._binding.current()
+            if current is self._loop_token:
+                return False  # on the client's loop after all
+            if current is None:  # the loop's thread, the loop stopped
+                self._hand_over(event)
                 return True
             raise self._wrong_loop_error()
         self._enter_loop()
         return False
+
+    def _hand_over(self, event: Event) -> None:
+        """From another thread: queue `event` for the client's loop to take.
+
+        Only the first of a burst wakes the loop (a system call, and a loop thread that then
+        competes for the GIL); the rest join the batch it takes.
+        """
+        # Fix the id now: spelled out later, it could be read here before the loop numbers
+        # the event and there after, two different ids for one event.
+        event._message_id = event.message_id
+        assert self._binding is not None
+        self._handed_over.append(event)
+        if not self._take_scheduled:
+            self._take_scheduled = True
+            try:
+                self._binding.call_soon_threadsafe(self._take_handed_over)
+            except BaseException:
+                self._take_scheduled = False
+                with contextlib.suppress(ValueError):
+                    self._handed_over.remove(event)
+                raise
+
+    def _take_handed_over(self) -> None:
+        # Cleared first: an event handed over from now on schedules another call.
+        self._take_scheduled = False
+        handed_over = self._handed_over
+        while handed_over:
+            self._put_from_thread(handed_over.popleft())
 
     def _put_from_thread(self, event: Event) -> None:
         if self._state is not _OPEN:

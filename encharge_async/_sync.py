@@ -16,6 +16,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
+from functools import partial
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -199,6 +200,7 @@ class Encharge:
         self._state = _State.NEW
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._thread_ident: int | None = None  # the background thread's, for hooks
         self._stop: asyncio.Event | None = None  # set on the loop: the thread may end
         self._close_future: concurrent.futures.Future[FlushResult] | None = None
         self._close_result: FlushResult | None = None
@@ -260,8 +262,8 @@ class Encharge:
                 or the background thread could not start.
         """
         client = self._client
-        return self._send(
-            lambda: client.track_nowait(
+        if self._hands_over(wait):
+            return client.track_nowait(
                 name,
                 email=email,
                 user_id=user_id,
@@ -269,8 +271,10 @@ class Encharge:
                 properties=properties,
                 source_ip=source_ip,
                 message_id=message_id,
-            ),
-            lambda: client.track(
+            )
+        return self._block(
+            partial(
+                client.track,
                 name,
                 email=email,
                 user_id=user_id,
@@ -300,11 +304,13 @@ class Encharge:
         Blocks and raises like `track`.
         """
         client = self._client
-        return self._send(
-            lambda: client.identify_nowait(
+        if self._hands_over(wait):
+            return client.identify_nowait(
                 email=email, user_id=user_id, user=user, message_id=message_id
-            ),
-            lambda: client.identify(
+            )
+        return self._block(
+            partial(
+                client.identify,
                 email=email,
                 user_id=user_id,
                 user=user,
@@ -332,15 +338,17 @@ class Encharge:
         Blocks and raises like `track`.
         """
         client = self._client
-        return self._send(
-            lambda: client.alias_nowait(
+        if self._hands_over(wait):
+            return client.alias_nowait(
                 previous_email=previous_email,
                 previous_user_id=previous_user_id,
                 email=email,
                 user_id=user_id,
                 message_id=message_id,
-            ),
-            lambda: client.alias(
+            )
+        return self._block(
+            partial(
+                client.alias,
                 previous_email=previous_email,
                 previous_user_id=previous_user_id,
                 email=email,
@@ -370,16 +378,18 @@ class Encharge:
         Blocks and raises like `track`.
         """
         client = self._client
-        return self._send(
-            lambda: client.group_nowait(
+        if self._hands_over(wait):
+            return client.group_nowait(
                 object_type,
                 properties,
                 email=email,
                 user_id=user_id,
                 user=user,
                 message_id=message_id,
-            ),
-            lambda: client.group(
+            )
+        return self._block(
+            partial(
+                client.group,
                 object_type,
                 properties,
                 email=email,
@@ -436,26 +446,27 @@ class Encharge:
 
     # -- calls -------------------------------------------------------------------------------
 
-    def _send(
-        self,
-        nowait: Callable[[], str],
-        submit: Callable[[], Coroutine[Any, Any, str]],
-        wait: bool,
-        timeout: float | None,
-    ) -> str:
-        loop = self._running_loop()
-        here = asyncio._get_running_loop()
-        if here is loop:
+    def _hands_over(self, wait: bool) -> bool:
+        """Whether the call validates its event here and hands it over to the client's loop.
+
+        That is every call but the blocking ones (`wait=True`, or `overflow="block"`), from
+        any thread, one running an event loop of its own included. Starts the client.
+        """
+        if self._pid != os.getpid() or self._loop is None or self._state is not _State.RUNNING:
+            self._running_loop()  # after a fork, before the start, or once closing
+        if self._thread_ident == threading.get_ident():
             # On the client's own thread (a hook): nothing may block it.
             if wait:
                 raise EventLoopError("wait=True cannot block the client's own thread (from a hook)")
-            return nowait()
+            return True
+        return not wait and self._overflow != "block"
+
+    def _block(
+        self, submit: Callable[[], Coroutine[Any, Any, str]], wait: bool, timeout: float | None
+    ) -> str:
+        """Run the async method on the client's loop; block until it returns."""
+        loop = self._running_loop()
         blocks = self._overflow == "block"
-        if here is None and not (wait or blocks):
-            # The common case: validated here, handed to the loop with call_soon_threadsafe.
-            return nowait()
-        # Blocking calls, and calls from a thread running another event loop (whose loop
-        # the async client would refuse): run the async method on the client's loop.
         bound = 0.0
         if blocks:
             bound += DEFAULT_BLOCK_TIMEOUT if timeout is None else timeout
@@ -535,6 +546,7 @@ class Encharge:
             self._client = AsyncEncharge(**self._options)
             raise start.error
         self._thread = thread
+        self._thread_ident = thread.ident
         self._stop = start.stop
         self._loop = start.loop
         self._state = _State.RUNNING
