@@ -50,16 +50,19 @@ async def floor_asyncio_queue(events: int, sink_url: str) -> list[int]:
     return timings
 
 
+def _client_options(events: int, sink_url: str) -> dict[str, Any]:
+    return {
+        "endpoint": sink_url,
+        "max_queue_size": events + 1,
+        "max_queue_bytes": 1 << 30,
+        "shutdown_timeout": 0,  # only the calls are measured: what is left is dropped
+    }
+
+
 async def _client_timings(events: int, sink_url: str, nowait: bool) -> list[int]:
     timings = []
     clock = time.perf_counter_ns
-    client = AsyncEncharge(
-        WRITE_KEY,
-        endpoint=sink_url,
-        max_queue_size=events + 1,
-        max_queue_bytes=1 << 30,
-        shutdown_timeout=0,  # only the calls are measured: what is left is dropped
-    )
+    client = AsyncEncharge(WRITE_KEY, **_client_options(events, sink_url))
     async with client:
         client.track_nowait("warm-up", user_id=0)
         for i in range(events):
@@ -98,13 +101,7 @@ async def encharge_sync_track(events: int, sink_url: str) -> list[int]:
     """The sync client's `Encharge.track(...)` (its loop runs in a thread of its own)."""
     timings = []
     clock = time.perf_counter_ns
-    client = Encharge(
-        WRITE_KEY,
-        endpoint=sink_url,
-        max_queue_size=events + 1,
-        max_queue_bytes=1 << 30,
-        shutdown_timeout=0,
-    )
+    client = Encharge(WRITE_KEY, **_client_options(events, sink_url))
     try:
         client.track("warm-up", user_id=0)
         for i in range(events):
