@@ -3,9 +3,9 @@
 Each worker sends one request at a time, so a connection needs no pool, no locks and no
 task of its own: the whole request goes out in one write and the response is parsed as it
 arrives, in `data_received`. Against httpx's `AsyncHTTPTransport` (httpcore, h11 and anyio
-streams) that is about a third of the CPU per request, paid on the application's loop
-(docs/performance.md). On trio, and whenever the user passes a transport, httpx's
-transports are used instead.
+streams) that is about a fifteenth of the CPU per request, paid on the application's loop
+(docs/performance.md). On trio, while respx or pytest-httpx patch httpx, and when the user
+passes a transport, httpx's transports are used instead.
 
 Failures raise what httpx's transports raise (`httpx.ConnectError`, `httpx.ReadError`,
 `httpx.RemoteProtocolError`, `httpx.ConnectTimeout`), a missing answer `TimeoutError`; none
@@ -270,7 +270,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._closed = False
 
     async def request(self, data: bytes) -> RawResponse:
-        """Send one whole request; return the response.
+        """Send one whole request; return the response, all within the timeout.
 
         Raises:
             httpx.ConnectError, httpx.ConnectTimeout: no connection could be made.
@@ -279,14 +279,16 @@ class Http11Transport(httpx.AsyncBaseTransport):
         """
         if self._closed:
             raise httpx.ConnectError("the transport is closed")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout  # connecting included
         connection = self._connection
         if connection is None or not connection.reusable:
             if connection is not None:
                 connection.close()
             self._connection = None
-            connection = self._connection = await self._connect()
+            connection = self._connection = await self._connect(self._timeout)
         waiter = connection.request(data)
-        timer = asyncio.get_running_loop().call_later(self._timeout, _time_out, waiter)
+        timer = loop.call_at(deadline, _time_out, waiter)
         try:
             return await waiter
         except BaseException:
@@ -297,7 +299,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         finally:
             timer.cancel()
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             _, connection = await asyncio.wait_for(
@@ -308,11 +310,11 @@ class Http11Transport(httpx.AsyncBaseTransport):
                     ssl=self._ssl,
                     server_hostname=self._host if self._ssl is not None else None,
                 ),
-                self._timeout,
+                timeout,
             )
         except asyncio.TimeoutError:
             raise httpx.ConnectTimeout(
-                f"no connection to {self._host}:{self._port} within {self._timeout:g}s"
+                f"no connection to {self._host}:{self._port} within {timeout:g}s"
             ) from None
         except OSError as exc:  # refused, unreachable, name lookup, TLS verification
             raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
