@@ -977,6 +977,9 @@ class AsyncEncharge:
         self._runner_scope.cancel()
         with anyio.move_on_after(TRANSPORT_CLOSE_TIMEOUT):
             await self._runner_done.wait()
+        # Events other threads handed over that the loop has not taken yet: dropped now,
+        # counted and reported, rather than left to a callback that may never run.
+        self._take_handed_over()
         queued = dict.fromkeys(event for event in self._queued if event._state == QUEUED)
         left = [*self._in_flight, *queued]
         self._in_flight.clear()

@@ -71,6 +71,21 @@ async def test_nowait_from_a_worker_thread(make_client: ClientFactory, recorder:
 
 
 @pytest.mark.anyio
+async def test_handed_over_events_not_yet_taken_at_close_are_counted(
+    make_client: ClientFactory,
+) -> None:
+    drops: list[DropReason] = []
+    async with make_client(on_drop=lambda e, r: drops.append(r)) as client:
+        await client.track("first", user_id=1)
+        assert client._binding is not None
+        # White-box: the loop never gets to run the take, as when it is closing.
+        client._binding._threadsafe = lambda *args: None
+        await anyio.to_thread.run_sync(lambda: client.track_nowait("late", user_id=2))
+    assert (client.stats.delivered, client.stats.dropped) == (1, 1)
+    assert drops == [DropReason.SHUTDOWN]
+
+
+@pytest.mark.anyio
 async def test_bursts_from_many_threads_are_handed_over_whole_and_in_order(
     make_client: ClientFactory, recorder: Recorder
 ) -> None:
