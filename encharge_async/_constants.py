@@ -35,6 +35,9 @@ MAX_MESSAGE_ID_CHARS: Final = 200
 # few hundred bytes), and keeps this much of a body (the rest is read and discarded).
 MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
 MAX_RESPONSE_BODY_BYTES: Final = 64 * 1024
+# Seconds before the default transport tries the next address of the endpoint's host in
+# parallel (RFC 8305's recommended 250 ms).
+HAPPY_EYEBALLS_DELAY: Final = 0.25
 
 # Error bodies are read up to this many bytes; longer ones are truncated in errors.
 MAX_ERROR_BODY_BYTES: Final = 4096

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Awaitable
 from typing import Final, cast
 
 import httpx
 
-from ._constants import MAX_RESPONSE_BODY_BYTES, MAX_RESPONSE_HEAD_BYTES
+from ._constants import HAPPY_EYEBALLS_DELAY, MAX_RESPONSE_BODY_BYTES, MAX_RESPONSE_HEAD_BYTES
 
 __all__ = ["Http11Transport", "RawResponse", "httpx_is_mocked"]
 
@@ -301,17 +302,25 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     async def _connect(self, timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
-        try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(
-                    _Connection,
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._host if self._ssl is not None else None,
-                ),
-                timeout,
+        server_hostname = self._host if self._ssl is not None else None
+        connecting: Awaitable[tuple[asyncio.Transport, _Connection]]
+        if isinstance(loop, asyncio.BaseEventLoop):
+            # Happy eyeballs (RFC 8305), as anyio's connect_tcp does: an unreachable IPv6
+            # address does not hold the connection up for the whole timeout.
+            connecting = loop.create_connection(
+                _Connection,
+                self._host,
+                self._port,
+                ssl=self._ssl,
+                server_hostname=server_hostname,
+                happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
             )
+        else:  # uvloop has no such option
+            connecting = loop.create_connection(
+                _Connection, self._host, self._port, ssl=self._ssl, server_hostname=server_hostname
+            )
+        try:
+            _, connection = await asyncio.wait_for(connecting, timeout)
         except asyncio.TimeoutError:
             raise httpx.ConnectTimeout(
                 f"no connection to {self._host}:{self._port} within {timeout:g}s"
