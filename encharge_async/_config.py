@@ -1,20 +1,47 @@
-"""Checks of the client's configuration, each failing with a ConfigurationError that names it."""
+"""The client's configuration: `Config`, every option validated once, and the checks it uses.
+
+Each check fails with a ConfigurationError that names the option. `AsyncEncharge`, the sync
+`Encharge` and the testing fakes all build one `Config` and share it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import ipaddress
 import math
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from ._constants import DEFAULT_ENDPOINT, ENDPOINT_ENV, WRITE_KEY_ENV
+from ._constants import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_RETRY_TIME,
+    DEFAULT_OVERFLOW,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_SPOOL_AFTER,
+    DEFAULT_SPOOL_MAX_AGE,
+    DEFAULT_SPOOL_MAX_BYTES,
+    DEFAULT_SPOOL_MODE,
+    DEFAULT_TIMEOUT,
+    ENDPOINT_ENV,
+    WRITE_KEY_ENV,
+)
 from ._exceptions import ConfigurationError
+from ._types import OnDelivered, OnDrop, OnError, Overflow, RetryWait, SpoolMode
+
+if TYPE_CHECKING:
+    from ._spool import Spool
 
 __all__ = [
+    "Config",
     "check_hook",
     "check_non_negative_int",
     "check_overflow",
@@ -58,19 +85,25 @@ def resolve_endpoint(endpoint: str | httpx.URL | None) -> httpx.URL:
     """
     if endpoint is None:
         endpoint = os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
+    if not isinstance(endpoint, (str, httpx.URL)):
+        raise ConfigurationError(f"endpoint must be a URL string, got {type(endpoint).__name__}")
     try:
         url = httpx.URL(endpoint)
-    except (TypeError, httpx.InvalidURL) as exc:
-        raise ConfigurationError(f"endpoint {str(endpoint)!r} is not a valid URL: {exc}") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigurationError(
-            f"endpoint {str(endpoint)!r} must be an absolute http(s) URL such as {DEFAULT_ENDPOINT}"
-        )
+    except httpx.InvalidURL as exc:
+        # httpx's message does not repeat the URL, which may hold a password.
+        raise ConfigurationError(f"endpoint is not a valid URL: {exc}") from None
     if url.userinfo:
         raise ConfigurationError("endpoint must not contain a user name or password")
+    shown = repr(str(url))[:200]
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigurationError(
+            f"endpoint {shown} must be an absolute http(s) URL such as {DEFAULT_ENDPOINT}"
+        )
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ConfigurationError(f"endpoint {shown} has a port outside 1-65535")
     if url.scheme == "http" and not _is_loopback(url.host):
         raise ConfigurationError(
-            f"endpoint {str(url)!r} uses plain http:// to a non-loopback host; the write key "
+            f"endpoint {shown} uses plain http:// to a non-loopback host; the write key "
             "would travel in clear text. Use https://"
         )
     return url
@@ -106,10 +139,10 @@ def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> floa
     return float(value)
 
 
-def check_overflow(value: object) -> str:
-    if value not in _OVERFLOW_POLICIES:
-        raise ConfigurationError(f"overflow must be one of {_OVERFLOW_POLICIES}, got {value!r}")
-    return str(value)
+def check_overflow(value: object) -> Overflow:
+    if value == "drop_newest" or value == "drop_oldest" or value == "block":
+        return value
+    raise ConfigurationError(f"overflow must be one of {_OVERFLOW_POLICIES}, got {value!r}")
 
 
 def check_spool(spool: object) -> Any:
@@ -125,10 +158,10 @@ def check_spool(spool: object) -> Any:
     )
 
 
-def check_spool_mode(mode: object) -> str:
-    if mode not in ("overflow", "always"):
-        raise ConfigurationError(f"spool_mode must be 'overflow' or 'always', got {mode!r}")
-    return str(mode)
+def check_spool_mode(mode: object) -> SpoolMode:
+    if mode == "overflow" or mode == "always":
+        return mode
+    raise ConfigurationError(f"spool_mode must be 'overflow' or 'always', got {mode!r}")
 
 
 def check_hook(name: str, hook: _H | None) -> _H | None:
@@ -142,3 +175,113 @@ def check_hook(name: str, hook: _H | None) -> _H | None:
             " await; start a task from it if you need to"
         )
     return hook
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    """Every option of a client, validated. Build it with `Config.create`.
+
+    `retry_wait` is None for the default backoff; `spool` is None without a spool.
+    """
+
+    write_key: str = dataclasses.field(repr=False)
+    url: httpx.URL
+    max_queue_size: int
+    max_queue_bytes: int
+    max_event_bytes: int
+    overflow: Overflow
+    max_concurrency: int
+    max_retries: int
+    max_retry_time: float
+    timeout: float
+    shutdown_timeout: float
+    transport: httpx.AsyncBaseTransport | None
+    on_error: OnError | None
+    on_drop: OnDrop | None
+    on_delivered: OnDelivered | None
+    retry_wait: RetryWait | None
+    spool: str | os.PathLike[str] | Spool | None
+    spool_mode: SpoolMode
+    spool_after: float
+    spool_max_bytes: int
+    spool_max_age: float
+
+    @classmethod
+    def create(
+        cls,
+        write_key: str | None = None,
+        *,
+        endpoint: str | httpx.URL | None = None,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        overflow: Overflow = DEFAULT_OVERFLOW,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_retry_time: float = DEFAULT_MAX_RETRY_TIME,
+        timeout: float = DEFAULT_TIMEOUT,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_error: OnError | None = None,
+        on_drop: OnDrop | None = None,
+        on_delivered: OnDelivered | None = None,
+        retry_wait: RetryWait | None = None,
+        spool: str | os.PathLike[str] | Spool | None = None,
+        spool_mode: SpoolMode = DEFAULT_SPOOL_MODE,
+        spool_after: float = DEFAULT_SPOOL_AFTER,
+        spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+        spool_max_age: float = DEFAULT_SPOOL_MAX_AGE,
+    ) -> Config:
+        """Validate every option (the client constructors' keywords) into a `Config`.
+
+        Raises:
+            ConfigurationError: naming the first option that is wrong.
+        """
+        queue_bytes = check_positive_int("max_queue_bytes", max_queue_bytes)
+        event_bytes = check_positive_int("max_event_bytes", max_event_bytes)
+        if event_bytes > queue_bytes:
+            raise ConfigurationError(
+                f"max_event_bytes={event_bytes} is larger than max_queue_bytes="
+                f"{queue_bytes}: such an event could never be queued"
+            )
+        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+            raise ConfigurationError(
+                f"transport must be an httpx.AsyncBaseTransport, got {type(transport).__name__}"
+            )
+        if retry_wait is not None and not callable(retry_wait):
+            raise ConfigurationError(
+                f"retry_wait must be callable, got {type(retry_wait).__name__}"
+            )
+        return cls(
+            write_key=resolve_write_key(write_key),
+            url=resolve_endpoint(endpoint),
+            max_queue_size=check_positive_int("max_queue_size", max_queue_size),
+            max_queue_bytes=queue_bytes,
+            max_event_bytes=event_bytes,
+            overflow=check_overflow(overflow),
+            max_concurrency=check_positive_int("max_concurrency", max_concurrency),
+            max_retries=check_non_negative_int("max_retries", max_retries),
+            max_retry_time=check_seconds("max_retry_time", max_retry_time),
+            timeout=check_seconds("timeout", timeout),
+            shutdown_timeout=check_seconds("shutdown_timeout", shutdown_timeout, allow_zero=True),
+            transport=transport,
+            on_error=check_hook("on_error", on_error),
+            on_drop=check_hook("on_drop", on_drop),
+            on_delivered=check_hook("on_delivered", on_delivered),
+            retry_wait=retry_wait,
+            spool=check_spool(spool),
+            spool_mode=check_spool_mode(spool_mode),
+            spool_after=check_seconds("spool_after", spool_after),
+            spool_max_bytes=check_positive_int("spool_max_bytes", spool_max_bytes),
+            spool_max_age=check_seconds("spool_max_age", spool_max_age),
+        )
+
+    @property
+    def spool_always(self) -> bool:
+        """Whether every event is written to the spool before `await track()` returns."""
+        return self.spool is not None and self.spool_mode == "always"
+
+    @property
+    def wait_bound(self) -> float:
+        """How long a `wait=True` call made without a timeout waits for its outcome."""
+        return self.max_retry_time + self.timeout + self.shutdown_timeout

@@ -1,34 +1,100 @@
-"""Per-person ordering: events that share an identifier leave in the order they came in.
+"""Per-person ordering: which events must leave in the order they came, and the lanes that keep it.
 
-Each identifier (userId, email, group object) has a lane, named by its hash (`Event.lanes`):
-the events holding it that have not finished yet, oldest first. An event may be sent when it
-heads every lane it belongs to. Its `_waiting` field counts the lanes where it does not yet.
-The oldest unfinished event heads all of its lanes, so the scheme cannot deadlock, and events
-of different people never wait for each other (unless their identifiers' hashes collide,
-which only orders them).
+`ordering_keys` is the one place that says which identifiers order an event: every event
+built by the client and every event read back from the spool gets its lanes from it, so
+live and spooled events of one person always share their lanes.
+
+Each identifier (userId, email, group object) has a lane, named by 30 bits of the hash of
+its key: the events holding it that have not finished yet, oldest first. An event may be
+sent when it heads every lane it belongs to. The oldest unfinished event heads all of its
+lanes, so the scheme cannot deadlock, and events of different people never wait for each
+other (unless their keys' hashes collide, which only orders them).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
+from typing import Any, Final, Generic, Protocol, TypeVar
 
-from ._events import Event
+__all__ = ["Lanes", "Ordered", "lanes_of", "ordering_keys"]
 
-__all__ = ["Lanes"]
+_LANE_MASK: Final = (1 << 30) - 1
 
 
-class Lanes:
+def ordering_keys(wire: Mapping[str, Any]) -> tuple[str, ...]:
+    """The identifiers that order an event, from its wire form: `u:<userId>`, `e:<email>`
+    (lower-cased), `o:<objectType>:<id>`; an alias carries its previous identifiers first.
+
+    Events sharing *any* of these keys are delivered in the order they were queued.
+    """
+    user = wire.get("user")
+    if user.__class__ is dict and "type" not in wire:
+        # track and identify: the usual shapes, without the general path's list and dict.
+        user_id = user.get("userId")
+        email = user.get("email")
+        if user_id is not None:
+            if email.__class__ is str:
+                return (f"u:{user_id}", f"e:{email.lower()}")
+            return (f"u:{user_id}",)
+        if email.__class__ is str:
+            return (f"e:{email.lower()}",)
+        return ()
+    keys: list[str] = []
+    if wire.get("type") == "alias":
+        _person_keys(keys, wire.get("previousUserId"), wire.get("previousEmail"))
+    if isinstance(user, Mapping):
+        _person_keys(keys, user.get("userId"), user.get("email"))
+    if wire.get("type") == "group":
+        fields = wire.get("properties")
+        if isinstance(fields, Mapping):
+            object_id = fields.get("externalId", fields.get("id"))
+            if object_id is not None:
+                keys.append(f"o:{wire.get('objectType')}:{object_id}")
+    return tuple(dict.fromkeys(keys))
+
+
+def _person_keys(keys: list[str], user_id: object, email: object) -> None:
+    if user_id is not None:
+        keys.append(f"u:{user_id}")
+    if isinstance(email, str):
+        keys.append(f"e:{email.lower()}")
+
+
+def lanes_of(keys: tuple[str, ...]) -> tuple[int, ...]:
+    """The lanes of ordering keys: a small int per key instead of a 60-80 byte string."""
+    if len(keys) == 1:
+        return (hash(keys[0]) & _LANE_MASK,)
+    if len(keys) == 2:
+        first, second = hash(keys[0]) & _LANE_MASK, hash(keys[1]) & _LANE_MASK
+        return (first, second) if first != second else (first,)
+    return tuple(dict.fromkeys([hash(key) & _LANE_MASK for key in keys]))
+
+
+class Ordered(Protocol):
+    """What the lanes need of a queued event: its lanes, and a count they keep on it."""
+
+    lanes: tuple[int, ...]
+    waiting: int
+
+
+_T = TypeVar("_T", bound=Ordered)
+
+
+class Lanes(Generic[_T]):
+    """The lanes of the events admitted and not finished yet."""
+
     __slots__ = ("_lanes",)
 
     def __init__(self) -> None:
         # A lane holding one event (the usual case) is the event itself; a deque is made
-        # only when a second one queues behind it (a deque costs ~600 bytes).
-        self._lanes: dict[int, Event | deque[Event]] = {}
+        # only when a second one queues behind it.
+        self._lanes: dict[int, _T | deque[_T]] = {}
 
     def __len__(self) -> int:
         return len(self._lanes)
 
-    def admit(self, event: Event) -> bool:
+    def admit(self, event: _T) -> bool:
         """Register a new event; True when nothing before it holds any of its lanes."""
         lanes = self._lanes
         waiting = 0
@@ -42,13 +108,13 @@ class Lanes:
                 else:
                     lanes[key] = deque((lane, event))
                 waiting += 1
-        event._waiting = waiting
+        event.waiting = waiting
         return waiting == 0
 
-    def release(self, event: Event) -> list[Event]:
+    def release(self, event: _T) -> list[_T]:
         """Remove a finished event (the head of its lanes); return the events it unblocks."""
         lanes = self._lanes
-        unblocked: list[Event] = []
+        unblocked: list[_T] = []
         for key in event.lanes:
             lane = lanes[key]
             if not isinstance(lane, deque):
@@ -57,9 +123,12 @@ class Lanes:
             lane.popleft()
             if lane:
                 following = lane[0]
-                following._waiting -= 1
-                if following._waiting == 0:
+                following.waiting -= 1
+                if following.waiting == 0:
                     unblocked.append(following)
             else:
                 del lanes[key]
         return unblocked
+
+    def clear(self) -> None:
+        self._lanes.clear()

@@ -1,20 +1,71 @@
-"""When to retry and how long to wait: backoff from tenacity, Retry-After from the server."""
+"""The retry rules, in one place: which failures are retried, after how long, and when to stop.
+
+`decide` turns one failed attempt into `Retry(delay)` or `GiveUp(reason)`: statuses in
+RETRYABLE_STATUS_CODES and network errors are retried, with the server's Retry-After when it
+sent one, else tenacity's backoff (injectable, so tests never sleep); 429 (and 503 with
+Retry-After) pause every sender. A retry budget (`max_retries`, `max_retry_time`) bounds
+it, except while a usable spool can keep the event.
+"""
 
 from __future__ import annotations
 
 import email.utils
+import enum
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import tenacity
 
-from ._constants import BACKOFF_INITIAL, BACKOFF_MAX, RETRY_AFTER_MAX
-from ._events import Event
+from ._constants import BACKOFF_INITIAL, BACKOFF_MAX, RETRY_AFTER_MAX, RETRYABLE_STATUS_CODES
+from ._events import Entry
 from ._types import RetryWait
 
-__all__ = ["RetryPolicy", "default_wait", "parse_retry_after"]
+__all__ = [
+    "Attempt",
+    "Failure",
+    "GiveUp",
+    "Retry",
+    "RetryPolicy",
+    "default_wait",
+    "parse_retry_after",
+]
+
+
+class Failure(enum.Enum):
+    """How a request failed without an HTTP answer."""
+
+    NETWORK = "network"  # connect, read or write failed, or the server broke the protocol
+    TIMEOUT = "timeout"
+    BUG = "bug"  # the transport raised something else: not worth retrying
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What one request for an event came to: a status, or a failure without one."""
+
+    status: int | None = None
+    failure: Failure | None = None
+    reason: str = ""
+    body: str = ""
+    retry_after: float | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    delay: float
+    pause_all: bool  # the server asked everyone to slow down
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    reason: str
 
 
 def default_wait() -> RetryWait:
@@ -76,24 +127,46 @@ class RetryPolicy:
         self.max_retry_time = max_retry_time
         self._retrying = _NoRetrying()
 
-    def backoff(self, event: Event, retry_after: float | None) -> float:
+    def decide(
+        self, entry: Entry, attempt: Attempt, now: float, *, keep_trying: bool
+    ) -> Retry | GiveUp:
+        """What to do after a failed attempt of `entry`.
+
+        `keep_trying`: a usable spool can keep the event, so a retryable failure is never
+        given up on (the budget does not apply); only Encharge's refusals fail it.
+        """
+        if attempt.status is not None:
+            retryable = attempt.status in RETRYABLE_STATUS_CODES
+        else:
+            retryable = attempt.failure is not Failure.BUG
+        if not retryable:
+            return GiveUp(attempt.reason)
+        pause_all = attempt.status == 429 or (
+            attempt.status == 503 and attempt.retry_after is not None
+        )
+        delay = self._backoff(entry, attempt.retry_after)
+        if not keep_trying:
+            exhausted = self._exhausted(entry, now + delay)
+            if exhausted:
+                return GiveUp(f"{attempt.reason}; {exhausted}" if attempt.reason else exhausted)
+        return Retry(delay, pause_all)
+
+    def _exhausted(self, entry: Entry, due: float) -> str:
+        if entry.attempts > self.max_retries:
+            return f"gave up after {entry.attempts} attempts (max_retries={self.max_retries})"
+        if due > entry.deadline:
+            return (
+                f"gave up after {entry.attempts} attempts: the next one would be past "
+                f"max_retry_time={self.max_retry_time:g}s"
+            )
+        return ""
+
+    def _backoff(self, entry: Entry, retry_after: float | None) -> float:
         """The wait before the next attempt, ignoring the retry budget."""
         if retry_after is not None:
             return retry_after  # the server's Retry-After beats our own guess
-        state = getattr(event, "_retry_state", None)
+        state = entry.retry_state
         if state is None:
-            state = event._retry_state = tenacity.RetryCallState(self._retrying, None, (), {})
-        state.attempt_number = event.attempts
+            state = entry.retry_state = tenacity.RetryCallState(self._retrying, None, (), {})
+        state.attempt_number = entry.attempts
         return max(0.0, float(self.wait(state)))
-
-    def next_delay(self, event: Event, now: float, retry_after: float | None) -> float | str:
-        """The delay before the next attempt of `event`, or why it gets no more attempts."""
-        if event.attempts > self.max_retries:
-            return f"gave up after {event.attempts} attempts (max_retries={self.max_retries})"
-        delay = self.backoff(event, retry_after)
-        if now + delay > event._deadline:
-            return (
-                f"gave up after {event.attempts} attempts: the next one would be past "
-                f"max_retry_time={self.max_retry_time:g}s"
-            )
-        return delay

@@ -28,7 +28,7 @@ def _current_trio_token() -> object | None:
 class LoopBinding:
     """The loop (asyncio) or run (trio) that owns a client's queue and worker."""
 
-    __slots__ = ("_spawn", "_threadsafe", "backend", "current", "token")
+    __slots__ = ("_spawn", "_threadsafe", "backend", "current", "running", "token")
 
     def __init__(
         self,
@@ -37,8 +37,12 @@ class LoopBinding:
         current: Callable[[], object | None],
         spawn: Callable[[Callable[[], Awaitable[None]]], object],
         threadsafe: Callable[..., object],
+        running: Callable[[], bool],
     ) -> None:
         self.backend = backend
+        # Whether the loop runs now (a loop closed without cancelling our runner looks open
+        # otherwise); cheap enough for the hot path.
+        self.running = running
         self.token = token
         # Returns the calling thread's loop identity; `is token` means "on our loop".
         self.current = current
@@ -75,6 +79,8 @@ def bind_current_loop() -> LoopBinding:
             _current_trio_token,
             lambda runner: trio.lowlevel.spawn_system_task(runner),
             token.run_sync_soon,
+            # A trio run always cancels its system tasks as it ends: the runner says so.
+            _always,
         )
     if backend != "asyncio":  # pragma: no cover - anyio supports only these two
         raise EventLoopError(f"unsupported async library {backend!r}")
@@ -86,9 +92,20 @@ def bind_current_loop() -> LoopBinding:
 
         return loop.create_task(run(), name="encharge_async runner")
 
-    # The C-level getter: no exception when there is no loop, and cheap enough for every call.
-    current = asyncio.events._get_running_loop
-    return LoopBinding(backend, loop, current, spawn, loop.call_soon_threadsafe)
+    return LoopBinding(
+        backend, loop, _current_asyncio_loop, spawn, loop.call_soon_threadsafe, loop.is_running
+    )
+
+
+def _always() -> bool:
+    return True
+
+
+def _current_asyncio_loop() -> object | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def no_loop_error() -> EventLoopError:

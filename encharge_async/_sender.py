@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import enum
 import logging
 import platform
 import traceback
-from dataclasses import dataclass
 
 import anyio
 import httpx
 
-from ._constants import ERROR_BODY_PREVIEW_CHARS, MAX_ERROR_BODY_BYTES, RETRYABLE_STATUS_CODES
+from ._constants import ERROR_BODY_PREVIEW_CHARS, MAX_ERROR_BODY_BYTES, MAX_MESSAGE_ID_CHARS
 from ._events import Event
 from ._http11 import Http11Transport
-from ._retry import parse_retry_after
+from ._retry import Attempt, Failure, parse_retry_after
 from ._version import __version__
 
-__all__ = ["USER_AGENT", "Attempt", "Outcome", "Sender"]
+__all__ = ["USER_AGENT", "Sender"]
 
 USER_AGENT = (
     f"encharge-async/{__version__} httpx/{httpx.__version__} "
@@ -25,23 +23,6 @@ USER_AGENT = (
 )
 
 logger = logging.getLogger("encharge_async")
-
-
-class Outcome(enum.Enum):
-    DELIVERED = "delivered"
-    RETRY = "retry"
-    FAILED = "failed"
-
-
-@dataclass(slots=True)
-class Attempt:
-    """What one request for an event came to."""
-
-    outcome: Outcome
-    status: int | None = None
-    body: str = ""
-    reason: str = ""
-    retry_after: float | None = None
 
 
 class Sender:
@@ -79,26 +60,33 @@ class Sender:
             ]
         )
 
-    def build_request(self, event: Event) -> httpx.Request:
-        headers = [
-            *self._headers,
-            (b"Idempotency-Key", event.message_id.encode()),
-        ]
+    def build_request(self, event: Event, message_id: bytes) -> httpx.Request:
+        headers = [*self._headers, (b"Idempotency-Key", message_id)]
         return httpx.Request(
             "POST", self._url, headers=headers, content=event.body, extensions=self._extensions
         )
 
     async def send(self, event: Event) -> Attempt:
         """Make one attempt; never raises except on cancellation."""
+        message_id = event.message_id
+        # Checked here, where the request's bytes are made, whatever the event's origin
+        # (a spool file may have been edited): a CR or LF would inject headers.
+        if not (
+            0 < len(message_id) <= MAX_MESSAGE_ID_CHARS
+            and message_id.isascii()
+            and message_id.isprintable()
+            and " " not in message_id
+        ):
+            return Attempt(failure=Failure.BUG, reason="the message id is not a valid header value")
         try:
             if self._lean is not None:
                 body = event.body
                 status, headers, body = await self._lean.request(
                     b"%s%s\r\nContent-Length: %d\r\n\r\n%s"
-                    % (self._head, event.message_id.encode(), len(body), body)
+                    % (self._head, message_id.encode(), len(body), body)
                 )
             else:
-                request = self.build_request(event)
+                request = self.build_request(event, message_id.encode())
                 with anyio.fail_after(self._timeout):
                     response = await self._transport.handle_async_request(request)
                     try:
@@ -107,11 +95,13 @@ class Sender:
                         await response.aclose()
                 status, headers = response.status_code, response.headers.raw
         except TimeoutError:
-            return Attempt(Outcome.RETRY, reason=f"no answer within timeout={self._timeout:g}s")
+            return Attempt(
+                failure=Failure.TIMEOUT, reason=f"no answer within timeout={self._timeout:g}s"
+            )
         except (httpx.TransportError, OSError) as exc:
             # OSError: network errors from transports that do not map them to httpx's.
             return Attempt(
-                Outcome.RETRY,
+                failure=Failure.NETWORK,
                 reason=self._scrub(
                     f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 ),
@@ -126,21 +116,18 @@ class Sender:
                 event.message_id,
                 "".join(traceback.format_tb(exc.__traceback__)),
             )
-            return Attempt(Outcome.FAILED, reason=self._scrub(f"{type(exc).__name__}: {exc}"))
+            return Attempt(failure=Failure.BUG, reason=self._scrub(f"{type(exc).__name__}: {exc}"))
         if 200 <= status < 300:
-            return Attempt(Outcome.DELIVERED, status=status)
+            return Attempt(status=status)
         text = self._scrub(
             body[:MAX_ERROR_BODY_BYTES].decode("utf-8", "replace")[:ERROR_BODY_PREVIEW_CHARS]
         )
-        if status in RETRYABLE_STATUS_CODES:
-            return Attempt(
-                Outcome.RETRY,
-                status=status,
-                body=text,
-                reason=_reason(status),
-                retry_after=parse_retry_after(httpx.Headers(headers)),
-            )
-        return Attempt(Outcome.FAILED, status=status, body=text, reason=_reason(status))
+        return Attempt(
+            status=status,
+            body=text,
+            reason=_reason(status),
+            retry_after=parse_retry_after(httpx.Headers(headers)) if status >= 400 else None,
+        )
 
     def _scrub(self, text: str) -> str:
         """Errors must never carry the write key, even when a server or proxy echoes it."""

@@ -8,34 +8,50 @@ Events normally live in memory. They go through the spool when they cannot stay 
 
 While the spool *spills* (any of the first three), new events are appended to it and a
 feeder task loads them back, oldest first, as the memory queue has room: insertion order is
-the order of arrival, so per-person order holds across memory, disk and restarts. Spilled
-events keep their `Event` object in memory without its body, for flush() and waiters.
+the order of arrival, so per-person order holds across memory, disk and restarts. Once on
+disk, a spilled event is remembered by a small stub (its id, place and waiter) and read
+back from the disk into a new entry.
 
 A writer task appends and acknowledges in rounds (append first, then ack), so an event
 that is delivered before its append lands is appended and then removed, not left behind.
 At shutdown, what could not be delivered in time is kept in (or written to) the spool for
 the next start instead of being dropped.
+
+The bridge talks to the pipeline through its public parts only: the queue (accept what
+comes back, room), the ledger (drops), the intake (diverting) and the dispatcher (the
+endpoint's health), wired by the pipeline.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 
+from ._builders import entry_from_wire
 from ._constants import SPOOL_CLOSE_TIMEOUT, SPOOL_LOAD_PAGE
-from ._events import DELIVERED, FAILED, Event, lanes_of, sequence
+from ._events import DELIVERED, FAILED, Entry, Waiter
+from ._exceptions import DeliveryError, ValidationError
+from ._ledger import Ledger
+from ._queue import DeliveryQueue
 from ._spool import Spool, SpooledEvent, SpoolError, SpoolLimits
 from ._types import DropReason
-
-if TYPE_CHECKING:
-    from ._client import AsyncEncharge
 
 __all__ = ["Spooler"]
 
 logger = logging.getLogger("encharge_async")
+
+
+@dataclass(slots=True)
+class _OnDisk:
+    """A spilled event whose only copy is on disk: what memory keeps of it."""
+
+    message_id: str
+    seq: int
+    waiter: Waiter | None
 
 
 class Spooler:
@@ -43,13 +59,22 @@ class Spooler:
 
     def __init__(
         self,
-        client: AsyncEncharge,
         spool: str | os.PathLike[str] | Spool,
         *,
+        queue: DeliveryQueue,
+        ledger: Ledger,
         always: bool,
         limits: SpoolLimits,
+        max_queue_size: int,
+        max_concurrency: int,
+        on_divert_change: Callable[[], None],
     ) -> None:
-        self._client = client
+        self._queue = queue
+        self._ledger = ledger
+        self._max_queue_size = max_queue_size
+        self._max_concurrency = max_concurrency
+        # Tells the intake whether events now go through the spool (`diverting`).
+        self._divert_changed = on_divert_change
         self._target = spool
         self._limits = limits
         self.always = always
@@ -58,9 +83,10 @@ class Spooler:
         self.spilling = True
         self.usable = True
         self.outage = False
-        self.pending: list[Event] = []  # accepted, to append
-        self.writing: list[Event] = []  # the batch being appended right now
-        self.spilled: dict[str, Event] = {}  # ours, on disk (or pending), not in memory
+        self.pending: list[Entry] = []  # accepted, to append
+        self.writing: list[Entry] = []  # the batch being appended right now
+        # Ours, on disk (or pending), not in memory; `_OnDisk` once only the disk has it.
+        self.spilled: dict[str, Entry | _OnDisk] = {}
         # Ours, in memory AND on disk (always mode), or finished but not yet acked: the
         # feeder must not load these again.
         self.resident: set[str] = set()
@@ -77,42 +103,60 @@ class Spooler:
         self._acked_while_loading: set[str] = set()
         self.open_error: SpoolError | None = None
 
-    # -- called by the client, on its loop ----------------------------------------------------
+    # -- called by the pipeline, on its loop ------------------------------------------------
 
-    def take(self, event: Event) -> None:
-        """Accept `event` through the spool (the client calls this while it diverts)."""
-        client = self._client
-        if not self.spilling and client._is_full(event):
+    @property
+    def diverting(self) -> bool:
+        """Whether new events go through the spool rather than straight to memory."""
+        return self.usable and (self.spilling or self.always)
+
+    @property
+    def spilled_count(self) -> int:
+        return len(self.spilled)
+
+    def take_overflow(self, entry: Entry) -> bool:
+        """The memory queue is full: keep `entry` in the spool instead, if it is usable."""
+        if not self.usable:
+            return False
+        self.take(entry)
+        return True
+
+    def take(self, entry: Entry) -> None:
+        """Accept `entry` through the spool (while the pipeline diverts, or on overflow)."""
+        queue = self._queue
+        if not self.spilling and queue.is_full(entry.size):
             self.start_spilling()
         if self.spilling:
-            if len(self.pending) >= client._max_queue_size:
+            queue.count_accepted(entry)
+            if len(self.pending) >= self._max_queue_size:
                 # The disk is not keeping up: the memory bound applies to what waits for it.
-                client._drop(event, DropReason.QUEUE_FULL)
+                self._ledger.record_dropped(entry, DropReason.QUEUE_FULL)
                 return
-            client._enqueued += 1
-            event.seq = next(sequence)
-            self.spilled[event.message_id] = event
-            self._client._spilled_count = len(self.spilled)
+            self.spilled[entry.message_id] = entry
         else:
-            client._accept(event)
-            self.resident.add(event.message_id)
-        event._spooled = True
-        self.pending.append(event)
+            queue.accept_returning(entry)
+            self.resident.add(entry.message_id)
+        entry.spooled = True
+        self.pending.append(entry)
         self.count += 1
         self._writer_wakeup.set()
 
-    def finished(self, event: Event, state: int) -> None:
+    def finished(self, entry: Entry, state: int) -> None:
         """An event that went through the spool ended; delivered or failed ones leave it."""
         if state in (DELIVERED, FAILED):
-            self.acks.append(event.message_id)
+            self.acks.append(entry.message_id)
             self.count -= 1
             self._writer_wakeup.set()
+
+    def commit_of(self, entry: Entry) -> anyio.Event:
+        """Set once `entry` (taken in always mode) is on disk."""
+        return self.current_commit if entry in self.writing else self.next_commit
 
     def start_spilling(self) -> None:
         if self.usable and not self.spilling:
             logger.info("spilling new events to the spool %s", self._describe())
             self.spilling = True
-            self._client._update_divert()
+            self._divert_changed()
 
     def set_outage(self, outage: bool) -> None:
         """The endpoint has been failing for longer than spool_after (or has recovered)."""
@@ -148,28 +192,33 @@ class Spooler:
             self._opened.set()
 
     async def _open(self) -> bool:
-        client = self._client
         if self.spool is None:
             assert not isinstance(self._target, Spool)
             try:
                 self.spool = await Spool.open(self._target, limits=self._limits)
             except SpoolError as exc:
                 self.open_error = exc
-                self._give_up(str(exc))
+                await self._give_up(str(exc))
                 return False
         for path in self.spool.moved_aside:
             logger.error("an unreadable spool file was moved aside to %s", path)
         for spooled in await self.spool.expire():
-            client._drop(_event_of(spooled), DropReason.EXPIRED)
+            entry = _entry_of(spooled)
+            if entry is not None:
+                self._queue.count_accepted(entry)
+                self._ledger.record_dropped(entry, DropReason.EXPIRED)
         stats = await self.spool.stats()
         self.count += stats.count
         if stats.count:
             logger.info("resuming %d event(s) left in the spool %s", stats.count, self._describe())
         return True
 
-    def _give_up(self, reason: str) -> None:
-        """Memory only from now on: spilled events go back to the memory queue if they can."""
-        client = self._client
+    async def _give_up(self, reason: str) -> None:
+        """Memory only from now on: spilled events go back to the memory queue.
+
+        Those whose only copy is on disk are read back if the disk still reads; if not,
+        they stay in the spool file for the next start, and are counted there.
+        """
         logger.error(
             "the spool %s cannot be used, events stay in memory only: %s", self._describe(), reason
         )
@@ -177,18 +226,48 @@ class Spooler:
         self.spilling = False
         spilled = list(self.spilled.values())
         self.spilled.clear()
-        client._spilled_count = 0
         self.pending.clear()
         self.resident.clear()
         self.current_commit.set()
         self.next_commit.set()
-        client._update_divert()
-        for event in spilled:
-            event._spooled = False
-            if event.body:
-                client._accept(event)
-            else:  # its body is only on the disk we can no longer read
-                client._drop(event, DropReason.SPOOL_ERROR)
+        self._divert_changed()
+        on_disk = {item.message_id: item for item in spilled if isinstance(item, _OnDisk)}
+        read_back = await self._read_back(on_disk) if on_disk else {}
+        for item in spilled:
+            entry = item if isinstance(item, Entry) else read_back.get(item.message_id)
+            if entry is not None:
+                entry.spooled = False
+                self._queue.accept_returning(entry)
+        left = len(on_disk) - len(read_back)
+        if left:
+            logger.error(
+                "%d spilled event(s) could not be read back; they stay in the spool file %s "
+                "for the next start",
+                left,
+                self._describe(),
+            )
+
+    async def _read_back(self, on_disk: dict[str, _OnDisk]) -> dict[str, Entry]:
+        found: dict[str, Entry] = {}
+        if self.spool is None:
+            return found
+        after: int | None = None
+        try:
+            with anyio.fail_after(SPOOL_CLOSE_TIMEOUT):
+                while len(found) < len(on_disk):
+                    page = await self.spool.load(limit=SPOOL_LOAD_PAGE, after=after)
+                    if not page:
+                        break
+                    for spooled in page:
+                        after = spooled.seq
+                        stub = on_disk.get(spooled.message_id)
+                        entry = _entry_of(spooled) if stub is not None else None
+                        if stub is not None and entry is not None:
+                            entry.seq, entry.waiter = stub.seq, stub.waiter
+                            found[stub.message_id] = entry
+        except (SpoolError, TimeoutError) as exc:
+            logger.error("reading spilled events back from the spool failed: %s", exc)
+        return found
 
     async def _writer(self) -> None:
         assert self.spool is not None
@@ -207,7 +286,7 @@ class Spooler:
                         )
                     except SpoolError as exc:
                         self.writing = []
-                        self._give_up(f"writing failed: {exc}")
+                        await self._give_up(f"writing failed: {exc}")
                         return
                     self.writing = []
                     self._after_append(batch, result.refused)
@@ -225,26 +304,25 @@ class Spooler:
                     else:
                         self.resident.difference_update(acks)
 
-    def _after_append(self, batch: list[Event], refused: tuple[SpooledEvent, ...]) -> None:
-        client = self._client
+    def _after_append(self, batch: list[Entry], refused: tuple[SpooledEvent, ...]) -> None:
         refused_ids = {spooled.message_id for spooled in refused}
-        for event in batch:
-            if event.message_id in refused_ids:
+        for entry in batch:
+            message_id = entry.message_id
+            if message_id in refused_ids:
                 self.count -= 1
-                event._spooled = False
-                self.resident.discard(event.message_id)
-                spilled = self.spilled.pop(event.message_id, None)
-                if spilled is not None:  # not in memory either: nowhere left to keep it
-                    client._spilled_count = len(self.spilled)
-                    client._drop(spilled, DropReason.SPOOL_FULL)
-            elif event.message_id in self.spilled:
-                event.body = b""  # on disk now: free the memory, reload it from there
+                entry.spooled = False
+                self.resident.discard(message_id)
+                if self.spilled.pop(message_id, None) is not None:
+                    # Not in memory either: nowhere left to keep it.
+                    self._ledger.record_dropped(entry, DropReason.SPOOL_FULL)
+            elif message_id in self.spilled:
+                # On disk now: free the memory, read it back from there.
+                self.spilled[message_id] = _OnDisk(message_id, entry.seq, entry.waiter)
         self.generation += 1
 
     async def _feeder(self) -> None:
         """Loads spilled events back into memory, oldest first, as the queue has room."""
         assert self.spool is not None
-        client = self._client
         while self.usable:
             if not self.spilling:
                 await self._feeder_wakeup.wait()
@@ -252,10 +330,8 @@ class Spooler:
                 continue
             room = self._room()
             if room <= 0:
-                if client._space is None:
-                    client._space = anyio.Event()
                 with anyio.move_on_after(1.0):  # also re-checks the outage window
-                    await client._space.wait()
+                    await self._queue.wait_for_departure()
                 continue
             generation = self.generation
             self._loading = True
@@ -268,16 +344,21 @@ class Spooler:
                 self.cursor = spooled.seq
                 if spooled.message_id in self.resident or spooled.message_id in acked:
                     continue
-                event = self.spilled.pop(spooled.message_id, None)
-                if event is None:  # left by an earlier process
-                    event = _event_of(spooled)
-                    event._spooled = True
+                known = self.spilled.pop(spooled.message_id, None)
+                if isinstance(known, Entry):
+                    entry = known
                 else:
-                    event.body = spooled.body
+                    read = _entry_of(spooled)  # left by an earlier process, or spilled
+                    if read is None:
+                        self._forget_unreadable(spooled)
+                        continue
+                    entry = read
+                    entry.spooled = True
+                    if known is not None:
+                        entry.seq, entry.waiter = known.seq, known.waiter
                 self.resident.add(spooled.message_id)
-                client._accept(event)
+                self._queue.accept_returning(entry)
             self.resident.difference_update(acked)
-            client._spilled_count = len(self.spilled)
             if page or generation != self.generation:
                 continue  # an append landed meanwhile: read again before deciding
             if self.outage:
@@ -295,34 +376,63 @@ class Spooler:
         bodies are still here): they join the memory queue now, in order, and stay in the
         spool's books (appended, then acknowledged when they end) like always-mode events.
         """
-        client = self._client
-        for event in self.spilled.values():  # insertion order: the order of arrival
-            self.resident.add(event.message_id)
-            client._accept(event)
+        for item in self.spilled.values():  # insertion order: the order of arrival
+            assert isinstance(item, Entry)  # the disk had everything else
+            self.resident.add(item.message_id)
+            self._queue.accept_returning(item)
         self.spilled.clear()
-        client._spilled_count = 0
         self.spilling = False
-        client._update_divert()
+        self._divert_changed()
         logger.info("the spool %s is drained; events stay in memory", self._describe())
 
     def _room(self) -> int:
-        client = self._client
-        limit = client._max_queue_size
+        limit = self._max_queue_size
         if self.outage:
             # While the endpoint is down, keep just enough in memory to notice it is back.
-            limit = min(limit, 2 * client._max_concurrency)
-        return limit - client._queued_count
+            limit = min(limit, 2 * self._max_concurrency)
+        return limit - self._queue.count
+
+    def _forget_unreadable(self, spooled: SpooledEvent) -> None:
+        """A stored event that is not a valid event (a damaged or edited file): never sent."""
+        logger.error(
+            "the spool %s holds an invalid event (message id %.60r); it is removed, not sent",
+            self._describe(),
+            spooled.message_id,
+        )
+        self.acks.append(spooled.message_id)
+        self.count -= 1
+        self._writer_wakeup.set()
 
     # -- shutdown -----------------------------------------------------------------------------
 
-    async def close(self, undelivered: list[Event]) -> tuple[int, list[Event]]:
+    async def close(self, left: list[Entry]) -> tuple[int, list[Entry]]:
         """Keep undelivered events (memory leftovers and spilled ones) for the next start.
 
         Returns how many events the spool holds when closed, and the undelivered events
-        that could not be kept (the caller reports them as dropped).
+        that could not be kept (the caller reports them as dropped). Callers waiting on a
+        kept event's outcome are told it was kept.
         """
+        spilled = list(self.spilled.values())
+        self.spilled.clear()
+        undelivered = left + [item for item in spilled if isinstance(item, Entry)]
         if self.spool is None or not self.usable:
             return 0, undelivered
+        held, lost = await self._keep(undelivered)
+        lost_ids = {entry.message_id for entry in lost}
+        kept: list[Entry | _OnDisk] = [item for item in spilled if isinstance(item, _OnDisk)]
+        kept += [entry for entry in undelivered if entry.message_id not in lost_ids]
+        for item in kept:
+            if item.waiter is not None:
+                item.waiter.error = DeliveryError(
+                    "not delivered before shutdown; kept in the spool for the next start",
+                    message_id=item.message_id,
+                    event=item if isinstance(item, Entry) else None,
+                )
+                item.waiter.done.set()
+        return held, lost
+
+    async def _keep(self, undelivered: list[Entry]) -> tuple[int, list[Entry]]:
+        assert self.spool is not None
         # A cancelled append may or may not have landed: appending again is harmless. The
         # events still being written are the newest: after what the spool holds. Those in
         # memory are older than anything the spool holds and has not handed back yet (the
@@ -334,18 +444,17 @@ class Spooler:
             if event.message_id not in newest and event.message_id not in self.spilled
         ]
         in_memory.sort(key=lambda event: event.seq)
-        lost: list[Event] = list(undelivered)
+        lost: list[Entry] = list(undelivered)
         held = 0
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(SPOOL_CLOSE_TIMEOUT):
                 try:
                     refused: set[str] = set()
                     for batch, front in ((list(newest.values()), False), (in_memory, True)):
-                        events = [SpooledEvent.from_event(e) for e in batch if e.body]
+                        events = [SpooledEvent.from_event(e) for e in batch]
                         if events:
                             result = await self.spool.append(events, front=front)
                             refused.update(spooled.message_id for spooled in result.refused)
-                    # Events without a body are spilled ones: on disk already.
                     lost = [e for e in undelivered if e.message_id in refused]
                     if self.acks:
                         await self.spool.ack(self.acks)
@@ -365,7 +474,11 @@ class Spooler:
         return str(self._target) if not isinstance(self._target, Spool) else repr(self._target)
 
 
-def _event_of(spooled: SpooledEvent) -> Event:
-    event = Event(spooled.name, spooled.body, lanes_of(spooled.keys), spooled.message_id)
-    event.attempts = spooled.attempts
-    return event
+def _entry_of(spooled: SpooledEvent) -> Entry | None:
+    """The entry of a stored event, validated like a new one (None when it is not valid)."""
+    try:
+        return entry_from_wire(
+            spooled.name, spooled.body, spooled.message_id, max(0, spooled.attempts)
+        )
+    except ValidationError:
+        return None

@@ -25,6 +25,7 @@ import httpx
 
 from . import _config
 from ._client import AsyncEncharge
+from ._config import Config
 from ._constants import (
     DEFAULT_BLOCK_TIMEOUT,
     DEFAULT_MAX_CONCURRENCY,
@@ -158,34 +159,34 @@ class Encharge:
         spool_max_age: float = DEFAULT_SPOOL_MAX_AGE,
         atexit_timeout: float | None = None,
     ) -> None:
-        self._options: dict[str, Any] = {
-            "write_key": write_key,
-            "endpoint": endpoint,
-            "max_queue_size": max_queue_size,
-            "max_queue_bytes": max_queue_bytes,
-            "max_event_bytes": max_event_bytes,
-            "overflow": overflow,
-            "max_concurrency": max_concurrency,
-            "max_retries": max_retries,
-            "max_retry_time": max_retry_time,
-            "timeout": timeout,
-            "shutdown_timeout": shutdown_timeout,
-            "transport": transport,
-            "on_error": on_error,
-            "on_drop": on_drop,
-            "on_delivered": on_delivered,
-            "retry_wait": retry_wait,
-            "spool": spool,
-            "spool_mode": spool_mode,
-            "spool_after": spool_after,
-            "spool_max_bytes": spool_max_bytes,
-            "spool_max_age": spool_max_age,
-        }
-        self._client = AsyncEncharge(**self._options)  # validates the configuration here
-        self._overflow = overflow
-        self._shutdown_timeout = float(shutdown_timeout)
+        self._config = Config.create(
+            write_key,
+            endpoint=endpoint,
+            max_queue_size=max_queue_size,
+            max_queue_bytes=max_queue_bytes,
+            max_event_bytes=max_event_bytes,
+            overflow=overflow,
+            max_concurrency=max_concurrency,
+            max_retries=max_retries,
+            max_retry_time=max_retry_time,
+            timeout=timeout,
+            shutdown_timeout=shutdown_timeout,
+            transport=transport,
+            on_error=on_error,
+            on_drop=on_drop,
+            on_delivered=on_delivered,
+            retry_wait=retry_wait,
+            spool=spool,
+            spool_mode=spool_mode,
+            spool_after=spool_after,
+            spool_max_bytes=spool_max_bytes,
+            spool_max_age=spool_max_age,
+        )
+        self._client = self._new_client()
+        self._overflow = self._config.overflow
+        self._shutdown_timeout = self._config.shutdown_timeout
         # The bound AsyncEncharge puts on a wait=True call made without a timeout.
-        self._wait_bound = float(max_retry_time) + float(timeout) + self._shutdown_timeout
+        self._wait_bound = self._config.wait_bound
         self._atexit_timeout = (
             self._shutdown_timeout
             if atexit_timeout is None
@@ -193,6 +194,10 @@ class Encharge:
         )
         self._reset_runtime()
         _all_clients.add(self)
+
+    def _new_client(self) -> AsyncEncharge:
+        # The one deliberate private call into AsyncEncharge: share the validated Config.
+        return AsyncEncharge._from_config(self._config)
 
     def _reset_runtime(self) -> None:
         self._lock = threading.Lock()
@@ -537,13 +542,13 @@ class Encharge:
             start.abandoned = not ready
         if not ready:
             # A thread that comes up later closes itself; the next call starts afresh.
-            self._client = AsyncEncharge(**self._options)
+            self._client = self._new_client()
             raise EventLoopError(
                 f"the Encharge background thread did not start within {_START_TIMEOUT:g}s "
                 "(are threads enabled? uWSGI needs --enable-threads)"
             )
         if start.error is not None:
-            self._client = AsyncEncharge(**self._options)
+            self._client = self._new_client()
             raise start.error
         self._thread = thread
         self._thread_ident = thread.ident
@@ -661,7 +666,7 @@ class Encharge:
             self._close_future = concurrent.futures.Future()
             self._close_future.set_result(FlushResult())
         elif used:
-            self._client = AsyncEncharge(**self._options)
+            self._client = self._new_client()
 
 
 # Every instance (for the fork hook), and those with a running thread (for the exit hook).

@@ -80,12 +80,12 @@ def instrument(
     def on_delivered(event: Event, seconds: float) -> None:
         histogram.record(seconds, labels)
 
-    client._delivery_listeners.append(on_delivered)
+    # The one place outside the pipeline that hears of each delivery (deliberate).
+    remove_listener = client._add_delivery_listener(on_delivered)
 
     def uninstrument() -> None:
         nonlocal stopped
         stopped = True
-        if on_delivered in client._delivery_listeners:
-            client._delivery_listeners.remove(on_delivered)
+        remove_listener()
 
     return uninstrument

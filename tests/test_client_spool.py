@@ -155,8 +155,8 @@ async def test_always_mode_makes_track_durable_before_it_returns(
     ) as client:
         for n in range(5):
             await client.track("Step", user_id="p", properties={"n": n})
-            assert client._spooler is not None
-            assert not client._spooler.pending  # written and committed already
+            assert client._pipeline.spooler is not None
+            assert not client._pipeline.spooler.pending  # written and committed already
         assert client.stats.spooled == 5
         gate.open.set()
         await client.flush(timeout=5)

@@ -343,8 +343,8 @@ async def test_default_transport_with_respx_and_tls_verification() -> None:
             await client.track("E", user_id=9, wait=True)
             await client.flush(timeout=5)
             # One single-connection transport per worker, all verifying TLS certificates.
-            assert len(client._transports) == 3
-            for transport in client._transports:
+            assert len(client._pipeline.dispatcher.transports) == 3
+            for transport in client._pipeline.dispatcher.transports:
                 assert isinstance(transport, httpx.AsyncHTTPTransport)
                 assert transport._pool._max_connections == 1
                 context = transport._pool._ssl_context

@@ -77,9 +77,9 @@ async def test_handed_over_events_not_yet_taken_at_close_are_counted(
     drops: list[DropReason] = []
     async with make_client(on_drop=lambda e, r: drops.append(r)) as client:
         await client.track("first", user_id=1)
-        assert client._binding is not None
+        assert client._pipeline.binding is not None
         # White-box: the loop never gets to run the take, as when it is closing.
-        client._binding._threadsafe = lambda *args: None
+        client._pipeline.binding._threadsafe = lambda *args: None
         await anyio.to_thread.run_sync(lambda: client.track_nowait("late", user_id=2))
     assert (client.stats.delivered, client.stats.dropped) == (1, 1)
     assert drops == [DropReason.SHUTDOWN]
@@ -232,7 +232,7 @@ def test_forked_child_starts_clean() -> None:
         await asyncio.sleep(0.01)
         await default_client.__aenter__()  # starts workers with their own transports
         await asyncio.sleep(0.1)
-        assert default_client._transports
+        assert default_client._pipeline.dispatcher.transports
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # multi-threaded fork warning
             pid = os.fork()
@@ -260,7 +260,7 @@ def test_forked_child_starts_clean() -> None:
             await client.aclose()
             return {
                 "stats_before": [before.enqueued, before.queued, before.in_flight],
-                "default_transport_reset": default_client._transports == [],
+                "default_transport_reset": default_client._pipeline.dispatcher.transports == (),
                 "sent": [json.loads(r.content)["name"] for r in recorder.requests],
                 "delivered": client.stats.delivered,
             }
@@ -286,8 +286,8 @@ async def test_trio_and_asyncio_share_one_code_path(
 ) -> None:
     async with make_client() as client:
         await client.track("E", user_id=1, wait=True)
-        assert client._binding is not None
-        assert client._binding.backend == anyio_backend
+        assert client._pipeline.binding is not None
+        assert client._pipeline.binding.backend == anyio_backend
     assert client.stats.delivered == 1
     assert sys.modules.get("encharge_async") is not None
 

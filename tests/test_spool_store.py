@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from encharge_async._events import build_track
+from encharge_async._builders import build_track
 from encharge_async._spool import (
     SCHEMA_VERSION,
     AppendResult,

@@ -1,0 +1,179 @@
+"""The workers: take ready events from the queue, send each once, and route what came of it.
+
+Each worker owns a sender (and, with the default transport, one keep-alive connection of
+its own: httpcore's shared pool costs CPU per request that grows with the number of
+connections). Delivered and failed-for-good events go to the ledger; retryable failures go
+to the scheduler, as `RetryPolicy.decide` says.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+
+import anyio
+import httpx
+
+from ._config import Config
+from ._constants import TRANSPORT_CLOSE_TIMEOUT
+from ._events import DROPPED, IN_FLIGHT, Entry
+from ._exceptions import DeliveryError
+from ._http11 import Http11Transport, httpx_is_mocked
+from ._ledger import Ledger
+from ._queue import DeliveryQueue
+from ._retry import Attempt, Failure, GiveUp, RetryPolicy
+from ._scheduler import Scheduler
+from ._sender import Sender
+
+__all__ = ["Dispatcher"]
+
+logger = logging.getLogger("encharge_async")
+
+
+def _never() -> bool:
+    return False
+
+
+def _ignore(now: float) -> None:
+    return None
+
+
+async def _load_ssl_context() -> ssl.SSLContext:
+    """Load the CA bundle (~20 ms) in a thread, off the event loop, when threads may start.
+
+    At interpreter exit (an atexit flush) Python refuses new threads: load it inline then.
+    """
+    try:
+        return await anyio.to_thread.run_sync(httpx.create_ssl_context)
+    except RuntimeError:
+        return httpx.create_ssl_context()
+
+
+class Dispatcher:
+    """`max_concurrency` workers over one sender path."""
+
+    def __init__(
+        self,
+        config: Config,
+        queue: DeliveryQueue,
+        scheduler: Scheduler,
+        ledger: Ledger,
+        policy: RetryPolicy,
+    ) -> None:
+        self._config = config
+        self._queue = queue
+        self._scheduler = scheduler
+        self._ledger = ledger
+        self._policy = policy
+        self._transports: list[httpx.AsyncBaseTransport] = []
+        self._ssl_context: ssl.SSLContext | None = None
+        self._backend = "asyncio"
+        # Set by the spool bridge: is there somewhere to keep events that keep failing, and
+        # the endpoint's health (it spills to disk during an outage).
+        self.keep_trying: Callable[[], bool] = _never
+        self.on_failure: Callable[[float], None] = _ignore
+        self.on_success: Callable[[float], None] = _ignore
+
+    @property
+    def transports(self) -> tuple[httpx.AsyncBaseTransport, ...]:
+        """The transports the workers send through (the user's one, or one per worker)."""
+        return tuple(self._transports)
+
+    async def prepare(self, backend: str) -> None:
+        """Get ready to send on `backend` (loads the CA bundle for the default transport)."""
+        self._backend = backend
+        if self._config.transport is None:
+            self._ssl_context = await _load_ssl_context()
+
+    async def run(self) -> None:
+        """Run the workers until cancelled."""
+        async with anyio.create_task_group() as tg:
+            for _ in range(self._config.max_concurrency):
+                tg.start_soon(self._worker, self._sender())
+
+    async def aclose(self) -> None:
+        """Close every transport (the user's included), each within a bound."""
+        transports = self._transports or (
+            [self._config.transport] if self._config.transport is not None else []
+        )
+        for transport in transports:
+            with anyio.move_on_after(TRANSPORT_CLOSE_TIMEOUT):
+                try:
+                    await transport.aclose()
+                except Exception:
+                    logger.warning("closing the HTTP transport failed", exc_info=True)
+
+    def _sender(self) -> Sender:
+        config = self._config
+        transport = config.transport
+        if transport is not None:
+            if not self._transports:
+                self._transports.append(transport)
+        elif self._backend == "asyncio" and not httpx_is_mocked():
+            transport = Http11Transport(config.url, self._ssl_context, config.timeout)
+            self._transports.append(transport)
+        else:
+            transport = httpx.AsyncHTTPTransport(
+                verify=self._ssl_context or True,
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            )
+            self._transports.append(transport)
+        return Sender(transport, config.url, config.write_key, config.timeout)
+
+    async def _worker(self, sender: Sender) -> None:
+        queue = self._queue
+        while True:
+            entry = queue.next_ready()
+            if entry is None:
+                await queue.wait_for_work()
+                continue
+            try:
+                await self._deliver(entry, sender)
+            except Exception:  # a bug: the worker must survive it, and the event must end
+                logger.exception("delivery of message %s crashed", entry.message_id)
+                if entry.state == IN_FLIGHT:
+                    queue.landed(entry)
+                    self._fail(entry, Attempt(failure=Failure.BUG, reason="internal error"))
+
+    async def _deliver(self, entry: Entry, sender: Sender) -> None:
+        queue = self._queue
+        if entry.state == DROPPED:
+            queue.release(entry)
+            return
+        scheduler = self._scheduler
+        if scheduler.paused(anyio.current_time()):
+            await scheduler.wait_out_pause()
+            if entry.state == DROPPED:
+                queue.release(entry)
+                return
+        queue.start(entry)
+        if entry.begin_attempt(anyio.current_time(), self._policy.max_retry_time):
+            self._ledger.record_retry()
+        attempt = await sender.send(entry)
+        queue.landed(entry)
+        now = anyio.current_time()
+        if attempt.delivered:
+            self.on_success(now)
+            self._ledger.record_delivered(entry, now)
+            queue.release(entry)
+            return
+        verdict = self._policy.decide(entry, attempt, now, keep_trying=self.keep_trying())
+        if isinstance(verdict, GiveUp):
+            attempt.reason = verdict.reason
+            self._fail(entry, attempt)
+        else:
+            self.on_failure(now)
+            scheduler.park(entry, verdict, attempt, now)
+
+    def _fail(self, entry: Entry, attempt: Attempt) -> None:
+        error = DeliveryError(
+            attempt.reason,
+            message_id=entry.message_id,
+            status=attempt.status,
+            body=attempt.body,
+            attempts=entry.attempts,
+            event=entry,
+        )
+        self._ledger.record_failed(entry, error)
+        self._queue.release(entry)

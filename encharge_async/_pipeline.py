@@ -1,0 +1,212 @@
+"""The delivery pipeline of one client, wired: intake -> queue -> dispatcher -> ledger.
+
+    caller ──► Intake ──► DeliveryQueue ──► Dispatcher (workers, Sender) ──► Ledger
+                 │  ▲            ▲   │              │                          │
+                 ▼  │            │   └── Scheduler ◄┘ (retries, pause,         ├─► hooks, log
+              Spooler (spool=)   └──── deadline)                               └─► flush()
+
+Each object owns its state; this module creates them, connects their narrow interfaces,
+and runs their tasks under one runner task (spawned on the client's loop, owned by no
+caller, so no caller's cancel scope spans it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import anyio
+
+from ._config import Config
+from ._constants import TRANSPORT_CLOSE_TIMEOUT
+from ._dispatcher import Dispatcher
+from ._events import Entry
+from ._intake import Intake
+from ._ledger import Ledger
+from ._queue import DeliveryQueue
+from ._retry import RetryPolicy, default_wait
+from ._runtime import LoopBinding
+from ._scheduler import Scheduler
+from ._spool import SpoolError, SpoolLimits
+from ._spooler import Spooler
+from ._stats import FlushResult, Stats
+from ._types import DropReason
+
+__all__ = ["Pipeline"]
+
+logger = logging.getLogger("encharge_async")
+
+
+class Pipeline:
+    """The queue, workers, timer and spool of one client, and their runner."""
+
+    def __init__(self, config: Config, enter: Callable[[], LoopBinding]) -> None:
+        self._config = config
+        self.ledger = Ledger(
+            on_delivered=config.on_delivered, on_error=config.on_error, on_drop=config.on_drop
+        )
+        self.queue = DeliveryQueue(
+            self.ledger,
+            max_size=config.max_queue_size,
+            max_bytes=config.max_queue_bytes,
+            overflow=config.overflow,
+        )
+        self.scheduler = Scheduler(self.queue, timeout=config.timeout)
+        self.policy = RetryPolicy(
+            wait=config.retry_wait if config.retry_wait is not None else default_wait(),
+            max_retries=config.max_retries,
+            max_retry_time=config.max_retry_time,
+        )
+        self.dispatcher = Dispatcher(config, self.queue, self.scheduler, self.ledger, self.policy)
+        self.intake = Intake(self.queue, self.ledger, overflow=config.overflow, enter=enter)
+        self.spooler: Spooler | None = None
+        self._failing_since: float | None = None
+        self._binding: LoopBinding | None = None
+        self._runner_scope: anyio.CancelScope | None = None
+        self._runner_done: anyio.Event | None = None
+
+    @property
+    def binding(self) -> LoopBinding | None:
+        return self._binding
+
+    # -- start --------------------------------------------------------------------------------
+
+    def start(self, binding: LoopBinding) -> None:
+        """Bind to the running loop and spawn the runner."""
+        self._binding = binding
+        self._runner_scope = anyio.CancelScope()
+        self._runner_done = anyio.Event()
+        self.scheduler.start()
+        config = self._config
+        if config.spool is not None:
+            spooler = self.spooler = Spooler(
+                config.spool,
+                queue=self.queue,
+                ledger=self.ledger,
+                always=config.spool_mode == "always",
+                limits=SpoolLimits(max_bytes=config.spool_max_bytes, max_age=config.spool_max_age),
+                max_queue_size=config.max_queue_size,
+                max_concurrency=config.max_concurrency,
+                on_divert_change=self._divert_changed,
+            )
+            self.ledger.spool_listener = spooler.finished
+            self.queue.overflow_to = spooler.take_overflow
+            self.intake.can_spill = lambda: spooler.usable
+            self.dispatcher.keep_trying = lambda: spooler.usable
+            self.dispatcher.on_failure = self._endpoint_failing
+            self.dispatcher.on_success = self._endpoint_recovered
+            self._divert_changed()
+        self.intake.open(binding, threading.get_ident())
+        binding.spawn(self._run)
+
+    async def open_spool(self) -> SpoolError | None:
+        """Open the spool now (from `__aenter__`); its error, if it cannot be used."""
+        if self.spooler is None or await self.spooler.open():
+            return None
+        return self.spooler.open_error
+
+    def _divert_changed(self) -> None:
+        spooler = self.spooler
+        self.intake.divert = spooler.take if spooler is not None and spooler.diverting else None
+
+    def _endpoint_failing(self, now: float) -> None:
+        """Past `spool_after` seconds of failures, new events spill to the spool."""
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failing_since >= self._config.spool_after and self.spooler is not None:
+            self.spooler.set_outage(True)
+
+    def _endpoint_recovered(self, now: float) -> None:
+        if self._failing_since is not None:
+            self._failing_since = None
+            if self.spooler is not None:
+                self.spooler.set_outage(False)
+
+    async def _run(self) -> None:
+        assert self._runner_scope is not None
+        assert self._runner_done is not None
+        assert self._binding is not None
+        try:
+            with self._runner_scope:
+                await self.dispatcher.prepare(self._binding.backend)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self.dispatcher.run)
+                    tg.start_soon(self.scheduler.run)
+                    if self.spooler is not None:
+                        tg.start_soon(self.spooler.run)
+        except Exception:  # pragma: no cover - a bug: say so rather than stall silently
+            logger.exception("the delivery runner crashed; events are no longer delivered")
+            raise
+        finally:
+            self.intake.close()
+            self._runner_done.set()
+
+    # -- state --------------------------------------------------------------------------------
+
+    def stats(self) -> Stats:
+        ledger = self.ledger
+        queue = self.queue
+        return Stats(
+            enqueued=queue.accepted,
+            delivered=ledger.delivered,
+            failed=ledger.failed,
+            dropped=ledger.dropped,
+            retried=ledger.retried,
+            queued=queue.count,
+            in_flight=len(queue.in_flight),
+            queued_bytes=queue.bytes,
+            spooled=self.spooler.count if self.spooler is not None else 0,
+        )
+
+    def outstanding(self) -> int:
+        spilled = self.spooler.spilled_count if self.spooler is not None else 0
+        return self.queue.count + len(self.queue.in_flight) + spilled
+
+    async def flush(self, timeout: float) -> FlushResult:
+        """Wait for the events accepted so far (see `AsyncEncharge.flush`)."""
+        return await self.ledger.wait_for(self.queue.accepted, self.outstanding(), timeout)
+
+    async def wait_committed(self, entry: Entry, timeout: float) -> None:
+        """In always mode: return once `entry` is on disk."""
+        if self.spooler is not None and entry.spooled:
+            with anyio.fail_after(timeout):
+                await self.spooler.commit_of(entry).wait()
+
+    # -- close --------------------------------------------------------------------------------
+
+    def begin_closing(self, timeout: float) -> None:
+        self.intake.close()
+        now = anyio.current_time()
+        self.scheduler.begin_closing(now, now + timeout)
+        self.queue.wake_waiters_for_room()
+
+    async def stop(self, timeout: float) -> int:
+        """Cancel the runner; keep what it had not delivered in the spool, or drop it.
+
+        Returns how many events the spool holds.
+        """
+        assert self._runner_scope is not None
+        assert self._runner_done is not None
+        self._runner_scope.cancel()
+        with anyio.move_on_after(TRANSPORT_CLOSE_TIMEOUT):
+            await self._runner_done.wait()
+        # Events other threads handed over that the loop has not taken yet: dropped now,
+        # counted and reported, rather than left to a callback that may never run.
+        self.intake.take_handed_over()
+        left = self.queue.take_all()
+        self.scheduler.clear()
+        held = 0
+        lost = left
+        if self.spooler is not None:
+            held, lost = await self.spooler.close(left)
+        for entry in lost:
+            self.ledger.record_dropped(entry, DropReason.SHUTDOWN)
+        if lost:
+            logger.warning(
+                "the shutdown timeout (%gs) ran out: %d undelivered event(s) dropped",
+                timeout,
+                len(lost),
+            )
+        await self.dispatcher.aclose()
+        return held
