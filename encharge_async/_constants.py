@@ -28,6 +28,10 @@ BACKOFF_MAX: Final = 30.0
 RETRY_AFTER_MAX: Final = 120.0
 RETRYABLE_STATUS_CODES: Final = frozenset({408, 429, 500, 502, 503, 504})
 
+# Containers (objects, arrays) may nest this deep in an event, counting the event itself:
+# orjson's own limit, applied by the stdlib serialiser too, so every Python agrees.
+MAX_NESTING_DEPTH: Final = 254
+
 # A caller-chosen message id (the Idempotency-Key header) is at most this long.
 MAX_MESSAGE_ID_CHARS: Final = 200
 

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from ._constants import MAX_NESTING_DEPTH
 from ._exceptions import ValidationError
 
 __all__ = ["dumps", "loads", "use_orjson"]
@@ -55,10 +56,33 @@ except ImportError:  # pragma: no cover - without the `fast` extra
     orjson = None
 
 
+def _too_deep(obj: object, limit: int) -> bool:
+    """Whether containers nest deeper than `limit` in `obj` (iterative: no recursion)."""
+    stack: list[tuple[object, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping):
+            children: Any = value.values()
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _stdlib_only(obj: Mapping[str, Any]) -> bytes:
+    # The same limit orjson applies, on every Python (the stdlib's own recursion limit moved
+    # from ~990 to ~10,000 levels between 3.11 and 3.13).
+    if _too_deep(obj, MAX_NESTING_DEPTH):
+        raise ValidationError(
+            f"event is nested too deeply to serialise (more than {MAX_NESTING_DEPTH} levels)"
+        )
     try:
         return _stdlib_dumps(obj)
-    except RecursionError:
+    except RecursionError:  # a reference cycle through a converted value
         raise ValidationError("event is nested too deeply to serialise") from None
     except (TypeError, ValueError) as exc:
         try:

@@ -266,30 +266,17 @@ class Encharge:
             EventLoopError: `wait=True` from a hook (it runs on the client's own thread),
                 or the background thread could not start.
         """
-        client = self._client
-        if self._hands_over(wait):
-            return client.track_nowait(
-                name,
-                email=email,
-                user_id=user_id,
-                user=user,
-                properties=properties,
-                source_ip=source_ip,
-                message_id=message_id,
-            )
-        return self._block(
-            partial(
-                client.track,
-                name,
-                email=email,
-                user_id=user_id,
-                user=user,
-                properties=properties,
-                source_ip=source_ip,
-                message_id=message_id,
-                wait=wait,
-                timeout=timeout,
-            ),
+        return self._call(
+            "track",
+            (name,),
+            {
+                "email": email,
+                "user_id": user_id,
+                "user": user,
+                "properties": properties,
+                "source_ip": source_ip,
+                "message_id": message_id,
+            },
             wait,
             timeout,
         )
@@ -308,21 +295,10 @@ class Encharge:
 
         Blocks and raises like `track`.
         """
-        client = self._client
-        if self._hands_over(wait):
-            return client.identify_nowait(
-                email=email, user_id=user_id, user=user, message_id=message_id
-            )
-        return self._block(
-            partial(
-                client.identify,
-                email=email,
-                user_id=user_id,
-                user=user,
-                message_id=message_id,
-                wait=wait,
-                timeout=timeout,
-            ),
+        return self._call(
+            "identify",
+            (),
+            {"email": email, "user_id": user_id, "user": user, "message_id": message_id},
             wait,
             timeout,
         )
@@ -342,26 +318,16 @@ class Encharge:
 
         Blocks and raises like `track`.
         """
-        client = self._client
-        if self._hands_over(wait):
-            return client.alias_nowait(
-                previous_email=previous_email,
-                previous_user_id=previous_user_id,
-                email=email,
-                user_id=user_id,
-                message_id=message_id,
-            )
-        return self._block(
-            partial(
-                client.alias,
-                previous_email=previous_email,
-                previous_user_id=previous_user_id,
-                email=email,
-                user_id=user_id,
-                message_id=message_id,
-                wait=wait,
-                timeout=timeout,
-            ),
+        return self._call(
+            "alias",
+            (),
+            {
+                "previous_email": previous_email,
+                "previous_user_id": previous_user_id,
+                "email": email,
+                "user_id": user_id,
+                "message_id": message_id,
+            },
             wait,
             timeout,
         )
@@ -382,28 +348,10 @@ class Encharge:
 
         Blocks and raises like `track`.
         """
-        client = self._client
-        if self._hands_over(wait):
-            return client.group_nowait(
-                object_type,
-                properties,
-                email=email,
-                user_id=user_id,
-                user=user,
-                message_id=message_id,
-            )
-        return self._block(
-            partial(
-                client.group,
-                object_type,
-                properties,
-                email=email,
-                user_id=user_id,
-                user=user,
-                message_id=message_id,
-                wait=wait,
-                timeout=timeout,
-            ),
+        return self._call(
+            "group",
+            (object_type, properties),
+            {"email": email, "user_id": user_id, "user": user, "message_id": message_id},
             wait,
             timeout,
         )
@@ -422,7 +370,7 @@ class Encharge:
         loop = self._loop
         if loop is None or self._state is _State.CLOSED:
             return FlushResult()
-        if asyncio._get_running_loop() is loop:
+        if self._thread_ident == threading.get_ident():
             raise EventLoopError("flush() cannot block the client's own thread (from a hook)")
         bound = self._shutdown_timeout if timeout is None else timeout
         try:
@@ -450,6 +398,25 @@ class Encharge:
         return self._finish_close(future, timeout)
 
     # -- calls -------------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        keywords: dict[str, Any],
+        wait: bool,
+        timeout: float | None,
+    ) -> str:
+        """Every event method: hand the event over (`<method>_nowait` validates it in this
+        thread), or run the async method on the client's loop when the call must block."""
+        client = self._client
+        if self._hands_over(wait):
+            submit: Callable[..., str] = getattr(client, f"{method}_nowait")
+            return submit(*args, **keywords)
+        call: Callable[..., Coroutine[Any, Any, str]] = getattr(client, method)
+        return self._block(
+            partial(call, *args, **keywords, wait=wait, timeout=timeout), wait, timeout
+        )
 
     def _hands_over(self, wait: bool) -> bool:
         """Whether the call validates its event here and hands it over to the client's loop.

@@ -284,6 +284,30 @@ def test_deep_nesting_is_a_validation_error() -> None:
         client.track_nowait("E", user_id=1, properties=deep)
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["orjson", "stdlib"])
+def test_the_nesting_limit_is_the_same_with_both_serialisers(fast: bool) -> None:
+    """MAX_NESTING_DEPTH counts the event itself: its properties may nest one level less.
+    Both serialisers, on every Python, draw the line at the same depth."""
+    from encharge_async import _json
+    from encharge_async._constants import MAX_NESTING_DEPTH
+
+    def nested(levels: int) -> dict[str, Any]:
+        value: dict[str, Any] = {"leaf": 1}
+        for _ in range(levels - 1):
+            value = {"a": value}
+        return value
+
+    from encharge_async._builders import build_track
+
+    _json.use_orjson(fast)
+    try:
+        build_track("E", None, "1", None, nested(MAX_NESTING_DEPTH - 1), None, 1 << 20)
+        with pytest.raises(ValidationError, match="nested too deeply"):
+            build_track("E", None, "1", None, nested(MAX_NESTING_DEPTH), None, 1 << 20)
+    finally:
+        _json.use_orjson(True)
+
+
 async def test_bad_input_leaves_the_queue_and_worker_alone(
     make_client: ClientFactory, recorder: Recorder
 ) -> None:
