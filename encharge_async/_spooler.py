@@ -415,7 +415,15 @@ class Spooler:
         spilled = list(self.spilled.values())
         self.spilled.clear()
         undelivered = left + [item for item in spilled if isinstance(item, Entry)]
-        if self.spool is None or not self.usable:
+        if self.spool is None:
+            return 0, undelivered
+        if not self.usable:
+            # Given up on, but still open (and locked): close it, keeping what it holds.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.spool.close(timeout=SPOOL_CLOSE_TIMEOUT)
+                except SpoolError as exc:  # pragma: no cover - close() only logs in practice
+                    logger.error("closing the spool failed: %s", exc)
             return 0, undelivered
         held, lost = await self._keep(undelivered)
         lost_ids = {entry.message_id for entry in lost}

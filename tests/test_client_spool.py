@@ -26,7 +26,7 @@ from encharge_async import (
     SpoolLockedError,
 )
 
-from .conftest import ENDPOINT, WRITE_KEY, ClientFactory, Recorder
+from .conftest import ENDPOINT, WRITE_KEY, ClientFactory, Recorder, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -66,11 +66,14 @@ async def test_a_full_queue_spills_to_the_spool_instead_of_dropping(
         spool=tmp_path / "events.spool",
         on_drop=lambda event, reason: drops.append(reason),
     ) as client:
+        spooler = client._pipeline.spooler  # white-box: when the disk has caught up
+        assert spooler is not None
         for n in range(200):
             await client.track("Step", user_id=f"p{n % 5}", properties={"n": n})
-            if n % 10 == 0:
-                await anyio.sleep(0.005)  # a live app's loop turns between requests
-        await anyio.sleep(0.1)
+            if n % 5 == 0:
+                # A live app's loop turns between requests; a disk slower than a burst
+                # would drop (the memory bound applies to what waits for the disk).
+                await wait_until(lambda: not spooler.pending and not spooler.writing)
         stats = client.stats
         assert stats.queued <= 10
         assert stats.spooled > 150
@@ -305,3 +308,84 @@ def test_kill_9_loses_nothing_acknowledged_in_always_mode(tmp_path: Path) -> Non
     assert set(acknowledged) <= set(delivered)  # nothing acknowledged was lost
     assert len(delivered) == len(set(delivered))
     assert json.dumps(delivered)  # well-formed ids
+
+
+async def test_tampered_spool_rows_never_reach_the_wire(tmp_path: Path) -> None:
+    """A spool file is data from disk, not trusted: a message id with CR/LF must not become
+    request headers, and a body that is not an event must not be sent. Both are removed."""
+    import time
+
+    from encharge_async._spool import Spool, SpooledEvent
+
+    path = tmp_path / "s.spool"
+    now = time.time()
+    spool = await Spool.open(path)
+    await spool.append(
+        [
+            SpooledEvent(
+                "id-1\r\nX-Injected: yes",
+                "E",
+                b'{"name":"E","user":{"userId":"1"}}',
+                ("u:1",),
+                now,
+            ),
+            SpooledEvent("id-2", "E", b"not json at all", ("u:2",), now),
+            SpooledEvent("id-3", "E", b'{"name":"E","user":{"userId":"3"}}', ("u:3",), now),
+        ]
+    )
+    await spool.close()
+    recorder = Recorder()
+    async with AsyncEncharge(
+        WRITE_KEY, endpoint=ENDPOINT, transport=httpx.MockTransport(recorder), spool=path
+    ) as client:
+        await wait_until(lambda: client.stats.spooled == 0 and len(recorder.requests) >= 1)
+    assert [r.headers["idempotency-key"] for r in recorder.requests] == ["id-3"]
+    assert all("x-injected" not in r.headers for r in recorder.requests)
+    assert client.stats.delivered == 1
+
+
+async def test_a_failing_spool_never_hands_hooks_an_emptied_event(tmp_path: Path) -> None:
+    """Spilled events whose only copy is on disk are read back when the spool stops taking
+    writes (a full disk): delivered, never dropped with an empty body."""
+    from encharge_async._spool import Spool, SpoolError
+
+    stored = 0
+    failing = anyio.Event()
+
+    class FullDisk(Spool):
+        async def append(self, events: Any, *, front: bool = False) -> Any:
+            nonlocal stored
+            if failing.is_set():
+                raise SpoolError("disk full (injected)")
+            result = await super().append(events, front=front)
+            stored += len(events)
+            return result
+
+    gate = Gate()
+    spool = await FullDisk.open(tmp_path / "s.spool")
+    hooked: list[bytes] = []
+    async with AsyncEncharge(
+        WRITE_KEY,
+        endpoint=ENDPOINT,
+        transport=gate.transport,
+        spool=spool,
+        max_queue_size=2,
+        max_concurrency=1,
+        on_drop=lambda event, reason: hooked.append(event.body),
+        on_delivered=lambda event: hooked.append(event.body),
+    ) as client:
+        for n in range(10):
+            await client.track("Step", user_id="p", properties={"n": n})
+            # One at a time, so the writer keeps up: in memory, or spilled and on disk.
+            await wait_until(
+                lambda n=n: stored + client.stats.queued + client.stats.in_flight > n  # type: ignore[misc]
+            )
+        assert stored >= 5  # spilled: their only copy is on disk now
+        failing.set()
+        await client.track("Step", user_id="p", properties={"n": 10})
+        gate.open.set()
+        result = await client.flush(timeout=10)
+    assert result.dropped == 0
+    assert all(body for body in hooked)
+    assert sorted(json.loads(b)["properties"]["n"] for b in hooked) == list(range(11))
+    assert order_by_person(gate.recorder)["p"] == list(range(11))
