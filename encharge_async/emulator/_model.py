@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import heapq
 from collections.abc import Mapping
+from itertools import islice
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +153,20 @@ class PeopleModel:
     def people(self) -> list[Person]:
         """Return every person, oldest first."""
         return [state.snapshot() for state in self._people.values()]
+
+    def people_page(self, after: int, limit: int) -> list[Person]:
+        """Up to `limit` people with an id above `after`, oldest first."""
+        found: list[Person] = []
+        for person_id, state in self._people.items():
+            if person_id > after:
+                found.append(state.snapshot())
+                if len(found) >= limit:
+                    break
+        return found
+
+    def objects_page(self, offset: int, limit: int) -> list[CustomObject]:
+        """Up to `limit` objects from position `offset` (0-based), oldest first."""
+        return [state.snapshot() for state in islice(self._objects.values(), offset, offset + limit)]
 
     def objects(self, object_type: str | None = None) -> list[CustomObject]:
         """Return every custom object (of one type, if given), oldest first."""
