@@ -135,9 +135,7 @@ def lock_file_identity(fd: int, path: Path) -> FileIdentity:
             raise SpoolLockedError(path, os.getpid(), same_file=True)
         if _OFD_SETLK is not None:
             # l_pid must be 0 for an OFD lock.
-            request = struct.pack(
-                _FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _IDENTITY_LOCK_OFFSET, 1, 0
-            )
+            request = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _IDENTITY_LOCK_OFFSET, 1, 0)
             try:
                 fcntl.fcntl(fd, _OFD_SETLK, request)
             except (BlockingIOError, PermissionError):  # EAGAIN, or EACCES on some systems

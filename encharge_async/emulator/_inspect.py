@@ -128,4 +128,3 @@ async def inspect(state: EmulatorState, scope: Scope, send: Send) -> None:
         await send_json(send, 200, state.stats().to_dict())
     else:
         await _list(state, name, scope, send)
-

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 import heapq
 from collections.abc import Mapping
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from ._validate import identifier
@@ -166,7 +166,9 @@ class PeopleModel:
 
     def objects_page(self, offset: int, limit: int) -> list[CustomObject]:
         """Up to `limit` objects from position `offset` (0-based), oldest first."""
-        return [state.snapshot() for state in islice(self._objects.values(), offset, offset + limit)]
+        return [
+            state.snapshot() for state in islice(self._objects.values(), offset, offset + limit)
+        ]
 
     def objects(self, object_type: str | None = None) -> list[CustomObject]:
         """Return every custom object (of one type, if given), oldest first."""

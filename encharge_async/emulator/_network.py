@@ -3,6 +3,7 @@ host names its requests may carry (the DNS rebinding guard)."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import struct
@@ -77,15 +78,12 @@ def local_addresses(host: str) -> list[str]:
         return [host]
     found: list[str] = []
     if sys.platform.startswith("linux"):
-        try:
+        # OSError: no if_nameindex or a restricted sandbox; IPv6 disabled.
+        with contextlib.suppress(OSError):
             found += _linux_ipv4()
-        except OSError:  # pragma: no cover - no if_nameindex, or a restricted sandbox
-            pass
         if host == "::":
-            try:
+            with contextlib.suppress(OSError):
                 found += _linux_ipv6()
-            except OSError:  # pragma: no cover - IPv6 disabled
-                pass
     else:  # pragma: no cover - exercised on other systems only
         try:
             infos = socket.getaddrinfo(socket.gethostname(), None, proto=socket.IPPROTO_TCP)

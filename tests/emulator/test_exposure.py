@@ -126,29 +126,29 @@ async def test_only_the_host_names_it_serves_are_answered() -> None:
 
 @pytest.mark.asyncio
 async def test_more_host_names_can_be_allowed() -> None:
-    async with Emulator(write_key=KEY, allowed_hosts=["Emulator.Test"]) as emu:
-        async with httpx.AsyncClient(timeout=5) as client:
-            for host, status in (("emulator.test:80", 200), ("other.test", 421)):
-                headers = {**HEADERS, "Host": host}
-                response = await client.post(emu.url, json=EVENT, headers=headers)
-                assert response.status_code == status, host
-    async with Emulator(write_key=KEY, allowed_hosts=["*"]) as emu:
-        async with httpx.AsyncClient(timeout=5) as client:
-            headers = {**HEADERS, "Host": "anything.test"}
-            assert (await client.post(emu.url, json=EVENT, headers=headers)).status_code == 200
+    named = Emulator(write_key=KEY, allowed_hosts=["Emulator.Test"])
+    async with named as emu, httpx.AsyncClient(timeout=5) as client:
+        for host, status in (("emulator.test:80", 200), ("other.test", 421)):
+            headers = {**HEADERS, "Host": host}
+            response = await client.post(emu.url, json=EVENT, headers=headers)
+            assert response.status_code == status, host
+    anyone = Emulator(write_key=KEY, allowed_hosts=["*"])
+    async with anyone as emu, httpx.AsyncClient(timeout=5) as client:
+        headers = {**HEADERS, "Host": "anything.test"}
+        assert (await client.post(emu.url, json=EVENT, headers=headers)).status_code == 200
 
 
 @pytest.mark.asyncio
 async def test_bound_to_every_interface_its_own_addresses_are_answered() -> None:
-    async with Emulator(write_key=KEY, host="0.0.0.0", inspect_token=TOKEN) as emu:
-        async with httpx.AsyncClient(timeout=5) as client:
-            for url in emu.urls:  # connect via loopback, but name each address in Host
-                host = url.split("/")[2]
-                headers = {**HEADERS, "Host": host}
-                response = await client.post(emu.url, json=EVENT, headers=headers)
-                assert response.status_code == 200, host
-            headers = {**HEADERS, "Host": "rebound.example"}
-            assert (await client.post(emu.url, json=EVENT, headers=headers)).status_code == 421
+    exposed = Emulator(write_key=KEY, host="0.0.0.0", inspect_token=TOKEN)
+    async with exposed as emu, httpx.AsyncClient(timeout=5) as client:
+        for url in emu.urls:  # connect via loopback, but name each address in Host
+            host = url.split("/")[2]
+            headers = {**HEADERS, "Host": host}
+            response = await client.post(emu.url, json=EVENT, headers=headers)
+            assert response.status_code == 200, host
+        headers = {**HEADERS, "Host": "rebound.example"}
+        assert (await client.post(emu.url, json=EVENT, headers=headers)).status_code == 421
 
 
 # -- bounded memory --------------------------------------------------------------------------
@@ -156,33 +156,33 @@ async def test_bound_to_every_interface_its_own_addresses_are_answered() -> None
 
 @pytest.mark.asyncio
 async def test_records_are_bounded_the_oldest_go_and_are_counted() -> None:
-    async with Emulator(write_key=KEY, max_events=3, max_rejected=2) as emu:
-        async with httpx.AsyncClient(timeout=5) as client:
-            for i in range(5):
-                event = {"name": f"E{i}", "user": {"email": f"p{i}@example.com"}}
-                assert (await client.post(emu.url, json=event, headers=HEADERS)).status_code == 200
-                await client.post(emu.url, json=event, headers={"X-Encharge-Token": "wrong"})
-            assert await emu.wait_for_events(5, timeout=5) == emu.events  # counts every one
-            assert [e.name for e in emu.events] == ["E2", "E3", "E4"]
-            assert [r.body["name"] for r in emu.rejected] == ["E3", "E4"]
-            stats = emu.stats
-            assert (stats.accepted, stats.rejected) == (5, 5)
-            assert (stats.events_dropped, stats.rejected_dropped) == (2, 3)
-            page = (await client.get(f"{emu.base_url}/_emulator/events")).json()
-            assert [item["body"]["name"] for item in page["items"]] == ["E2", "E3", "E4"]
-            assert page["dropped"] == 2
-            assert len(emu.people) == 5  # the model still saw every event
+    bounded = Emulator(write_key=KEY, max_events=3, max_rejected=2)
+    async with bounded as emu, httpx.AsyncClient(timeout=5) as client:
+        for i in range(5):
+            event = {"name": f"E{i}", "user": {"email": f"p{i}@example.com"}}
+            assert (await client.post(emu.url, json=event, headers=HEADERS)).status_code == 200
+            await client.post(emu.url, json=event, headers={"X-Encharge-Token": "wrong"})
+        assert await emu.wait_for_events(5, timeout=5) == emu.events  # counts every one
+        assert [e.name for e in emu.events] == ["E2", "E3", "E4"]
+        assert [r.body["name"] for r in emu.rejected] == ["E3", "E4"]
+        stats = emu.stats
+        assert (stats.accepted, stats.rejected) == (5, 5)
+        assert (stats.events_dropped, stats.rejected_dropped) == (2, 3)
+        page = (await client.get(f"{emu.base_url}/_emulator/events")).json()
+        assert [item["body"]["name"] for item in page["items"]] == ["E2", "E3", "E4"]
+        assert page["dropped"] == 2
+        assert len(emu.people) == 5  # the model still saw every event
 
 
 @pytest.mark.asyncio
 async def test_event_bytes_are_bounded_too() -> None:
     event = {"name": "Paid", "user": {"email": "a@b.c", "note": "x" * 400}}
     size = len(json.dumps(event))
-    async with Emulator(write_key=KEY, max_event_bytes=2 * size + 10) as emu:
-        async with httpx.AsyncClient(timeout=5) as client:
-            for _ in range(4):
-                response = await client.post(emu.url, json=event, headers=HEADERS)
-                assert response.status_code == 200
+    bounded = Emulator(write_key=KEY, max_event_bytes=2 * size + 10)
+    async with bounded as emu, httpx.AsyncClient(timeout=5) as client:
+        for _ in range(4):
+            response = await client.post(emu.url, json=event, headers=HEADERS)
+            assert response.status_code == 200
         assert len(emu.events) == 2
         assert emu.stats.events_dropped == 2
 
@@ -276,4 +276,3 @@ def test_the_command_off_loopback_prints_its_addresses_and_a_warning() -> None:
     assert "warning: the emulator listens on 0.0.0.0:" in err
     # Every line on stdout after the first names another address it can be reached at.
     assert all(extra.startswith("  also at http://") for extra in out.splitlines())
-

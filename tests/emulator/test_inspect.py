@@ -31,7 +31,7 @@ async def test_views_show_what_the_emulator_holds(
 ):
     await _fill(emu, post)
 
-    async def view(name: str) -> object:
+    async def view(name: str) -> Any:
         response = await client.get(f"{emu.base_url}/_emulator/{name}")
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/json"
@@ -95,7 +95,7 @@ async def test_views_start_empty(emu: Emulator, client: httpx.AsyncClient, view:
 
 async def _page_through(client: httpx.AsyncClient, emu: Emulator, view: str, limit: int) -> Any:
     """Follow `next` from the first page; return the pages."""
-    pages = []
+    pages: list[dict[str, Any]] = []
     url: str | None = f"/_emulator/{view}?limit={limit}"
     while url is not None:
         assert len(pages) < 100, "pages do not end"
@@ -115,7 +115,9 @@ async def test_every_list_view_pages_with_limit_and_after(
         await post({"name": "Paid", "user": user}, key="wrong")
         await post({"type": "group", "objectType": "company", "properties": {"id": f"c{i}"}})
     # A merge removes a person: a cursor on people is their id, not a position.
-    await post({"type": "alias", "previousEmail": "p1@example.com", "user": {"email": "p2@example.com"}})
+    await post(
+        {"type": "alias", "previousEmail": "p1@example.com", "user": {"email": "p2@example.com"}}
+    )
     expected = {
         "events": [r.to_dict() for r in emu.events],
         "rejected": [r.to_dict() for r in emu.rejected],
@@ -162,7 +164,7 @@ async def test_reset_endpoint_clears_what_was_recorded(
     response = await client.post(f"{emu.base_url}/_emulator/reset")
     assert response.status_code == 200
     assert response.json() == {"reset": True}
-    assert emu.events == emu.rejected == emu.people == emu.objects == []
+    assert (emu.events, emu.rejected, emu.people, emu.objects) == ([], [], [], [])
     stats = (await client.get(f"{emu.base_url}/_emulator/stats")).json()
     assert (stats["accepted"], stats["rejected"], stats["duplicates"]) == (0, 0, 0)
     # Numbering starts again, and the next load run is recorded as usual.
