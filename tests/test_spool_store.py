@@ -462,7 +462,10 @@ async def test_files_are_owner_only_whatever_the_umask(tmp_path: Path, open_spoo
 async def test_existing_files_are_made_owner_only(path: Path, open_spool: Opener) -> None:
     write(path, b"", mode=0o666)
     write(f"{path}.lock", b"", mode=0o644)
-    await open_spool()
+    write(f"{path}-wal", b"", mode=0o644)  # left by a crash
+    write(f"{path}-shm", b"", mode=0o664)
+    spool = await open_spool()
+    await spool.append([event(1)])
     assert set(listing(path.parent).values()) == {0o600}
     assert len(listing(path.parent)) == 4
 

@@ -101,25 +101,25 @@ def _narrow(fd: int, path: str | Path) -> None:
 def owner_only(path: str | Path, fd: int | None = None) -> None:
     """Make the regular file `path` (if it exists) readable and writable by its owner alone.
 
-    With `fd` (open on `path`) that file is changed; else `path` is opened without following
-    a link (SpoolError for one). Something other than a regular file is left alone.
+    With `fd` (open on `path`) that file is changed. Else `path` is looked at with lstat (a
+    link raises SpoolError) and changed by name: opening it would not do, since closing a
+    descriptor drops the fcntl locks SQLite holds on that file (the SHM's, say).
+    Something other than a regular file is left alone.
     """
     if fd is not None:
         _narrow(fd, path)
         return
     try:
-        # O_NONBLOCK: a FIFO planted under the name must not hang the open.
-        own = open_no_follow(path, os.O_RDONLY | os.O_NONBLOCK)
+        info = os.lstat(path)
     except FileNotFoundError:
         return
-    except OSError as exc:
-        logger.warning("could not make %s owner-only: %s", path, exc)
-        return
-    try:
-        if stat.S_ISREG(os.fstat(own).st_mode):
-            _narrow(own, path)
-    finally:
-        os.close(own)
+    if stat.S_ISLNK(info.st_mode):
+        raise _symlink_error(path)
+    if stat.S_ISREG(info.st_mode) and info.st_mode & 0o177:
+        try:
+            os.chmod(path, 0o600)
+        except OSError as exc:
+            logger.warning("could not make %s owner-only: %s", path, exc)
 
 
 def lock_file_identity(fd: int, path: Path) -> FileIdentity:
@@ -140,6 +140,8 @@ def lock_file_identity(fd: int, path: Path) -> FileIdentity:
                 fcntl.fcntl(fd, _OFD_SETLK, request)
             except (BlockingIOError, PermissionError):  # EAGAIN, or EACCES on some systems
                 raise SpoolLockedError(path, None, same_file=True) from None
+            except OSError as exc:  # a file system without record locks: the lock file stays
+                logger.warning("could not lock %s by its identity: %s", path, exc)
         _held.add(identity)
     return identity
 

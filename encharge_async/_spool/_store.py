@@ -237,6 +237,8 @@ class Store:
             os.close(fd)
             raise
         self._db_fd = fd
+        for suffix in _SIDE_FILES:  # left over from a crash, perhaps with a wider mode
+            owner_only(path + suffix)
         return created
 
     def _check_same_file(self) -> None:
