@@ -30,7 +30,8 @@ def add_emulator_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--write-key",
         action="append",
-        help="an accepted write key (repeatable; default: $ENCHARGE_WRITE_KEY, else 'dev')",
+        help="an accepted write key (repeatable; default: $ENCHARGE_WRITE_KEY, else 'dev' "
+        "on loopback only)",
     )
     parser.add_argument("--seed", type=int, help="seed for reproducible faults")
     exposure = parser.add_argument_group("exposure and memory (see docs/emulator.md)")

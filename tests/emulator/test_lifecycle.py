@@ -182,6 +182,11 @@ async def test_start_without_uvicorn_says_what_to_install(monkeypatch: pytest.Mo
         ({"write_key": "k", "max_body_bytes": 0}, ValueError),
         ({"write_key": "k", "max_body_bytes": 1.5}, TypeError),
         ({"write_key": "k", "max_body_bytes": True}, TypeError),
+        ({"write_key": "k", "max_events": 0}, ValueError),
+        ({"write_key": "k", "max_event_bytes": 0}, ValueError),
+        ({"write_key": "k", "max_rejected": True}, TypeError),
+        ({"write_key": "k", "inspect_token": ""}, ValueError),
+        ({"write_key": "k", "allowed_hosts": "localhost"}, TypeError),
     ],
 )
 def test_invalid_configuration_is_refused(kwargs: dict[str, Any], error: type[Exception]):
