@@ -18,6 +18,8 @@ from ._records import EventRecord, RejectedRecord
 from ._state import EmulatorState
 from ._validate import validate
 
+__all__ = ["INGEST_PATHS", "Aborter", "EmulatorApp", "request_host"]
+
 INGEST_PATHS = frozenset({"/v1", "/v1/"})
 # How long to wait for the server to notice a connection we cut.
 _CUT_WAIT = 2.0

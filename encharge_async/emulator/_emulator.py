@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from ._app import EmulatorApp
     from ._server import ServerHandle
 
+__all__ = ["DEFAULT_DEV_WRITE_KEY", "DEFAULT_MAX_BODY_BYTES", "Emulator"]
+
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 #: The CLI's write key when none is given: fine on loopback, refused off it.
 DEFAULT_DEV_WRITE_KEY = "dev"

@@ -7,6 +7,18 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = [
+    "Body",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "encode_json",
+    "header",
+    "read_body",
+    "send_json",
+]
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]

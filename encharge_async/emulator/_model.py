@@ -11,6 +11,8 @@ from typing import Any
 
 from ._validate import identifier
 
+__all__ = ["CustomObject", "PeopleModel", "Person"]
+
 # Fields of `user` that identify the person or are handled on their own.
 _SPECIAL_USER_FIELDS = frozenset({"email", "userId", "tags"})
 # Fields of a group's `properties` that identify the object.

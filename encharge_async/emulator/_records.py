@@ -15,6 +15,8 @@ from .._constants import (
     EMULATOR_REJECTED_BODY_BYTES,
 )
 
+__all__ = ["BoundedRecords", "EventRecord", "RecordStore", "RejectedRecord", "Stats"]
+
 
 @dataclass(frozen=True)
 class EventRecord:

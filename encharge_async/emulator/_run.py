@@ -14,6 +14,8 @@ from .._constants import EMULATOR_MAX_EVENT_BYTES, EMULATOR_MAX_EVENTS, EMULATOR
 from ._emulator import DEFAULT_MAX_BODY_BYTES, Emulator
 from ._faults import Faults
 
+__all__ = ["run_emulator"]
+
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 

@@ -11,6 +11,8 @@ from ._faults import FaultInjector, Faults
 from ._model import PeopleModel
 from ._records import EventRecord, RecordStore, RejectedRecord, Stats
 
+__all__ = ["EmulatorState"]
+
 
 def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
