@@ -55,6 +55,12 @@ def request_host(value: str | None) -> str | None:
     return value.rsplit(":", 1)[0].rstrip(".") if value.count(":") <= 1 else None
 
 
+def origin_host(value: str) -> str | None:
+    """The host name of an `Origin` header (``scheme://host[:port]``); None for "null"."""
+    _, sep, rest = value.strip().partition("://")
+    return request_host(rest.split("/", 1)[0]) if sep else None
+
+
 def _cut(text: str | None) -> str | None:
     return None if text is None else text[:EMULATOR_REJECTED_TEXT_CHARS]
 
@@ -107,6 +113,12 @@ class EmulatorApp:
                     "(allow it with --allow-host / allowed_hosts=)."
                 )
                 await send_json(send, 421, {"error": error})
+                return
+            # A page elsewhere can still send simple requests (a POST to /_emulator/reset)
+            # to a name we serve; browsers say where it came from.
+            origin = header(scope, b"origin")
+            if origin is not None and origin_host(origin) not in allowed:
+                await send_json(send, 403, {"error": "Cross-origin requests are refused."})
                 return
         path: str = scope["path"]
         if path.startswith(PREFIX):

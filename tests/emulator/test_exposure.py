@@ -125,6 +125,26 @@ async def test_only_the_host_names_it_serves_are_answered() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_page_from_elsewhere_cannot_reset_or_post() -> None:
+    # A web page can make the browser POST to http://127.0.0.1:PORT/ (the Host is then
+    # right): its Origin says where it came from.
+    async with Emulator(write_key=KEY) as emu, httpx.AsyncClient(timeout=5) as client:
+        await client.post(emu.url, json=EVENT, headers=HEADERS)
+        for origin in ("http://evil.example", "https://evil.example:8443", "null"):
+            response = await client.post(
+                f"{emu.base_url}/_emulator/reset", headers={"Origin": origin}
+            )
+            assert response.status_code == 403, origin
+            response = await client.post(emu.url, json=EVENT, headers={**HEADERS, "Origin": origin})
+            assert response.status_code == 403, origin
+        assert emu.stats.accepted == 1
+        same = {"Origin": f"http://127.0.0.1:{emu.port}"}
+        response = await client.post(f"{emu.base_url}/_emulator/reset", headers=same)
+        assert response.status_code == 200
+        assert emu.stats.accepted == 0
+
+
+@pytest.mark.asyncio
 async def test_more_host_names_can_be_allowed() -> None:
     named = Emulator(write_key=KEY, allowed_hosts=["Emulator.Test"])
     async with named as emu, httpx.AsyncClient(timeout=5) as client:
