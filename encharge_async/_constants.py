@@ -64,3 +64,17 @@ DEFAULT_SPOOL_MAX_BYTES: Final = 256 * 1024 * 1024
 DEFAULT_SPOOL_MAX_AGE: Final = 7 * 24 * 3600.0
 SPOOL_LOAD_PAGE: Final = 1000
 SPOOL_CLOSE_TIMEOUT: Final = 5.0
+
+# The local emulator (encharge_async.emulator): what it keeps, and who may talk to it.
+# Records kept for inspection; past these, the oldest go (and are counted as dropped).
+EMULATOR_MAX_EVENTS: Final = 100_000
+EMULATOR_MAX_EVENT_BYTES: Final = 64 * 1024 * 1024
+EMULATOR_MAX_REJECTED: Final = 10_000
+# A rejected request keeps at most this much of its body (and of its path and headers).
+EMULATOR_REJECTED_BODY_BYTES: Final = 1024
+EMULATOR_REJECTED_TEXT_CHARS: Final = 256
+# Pages of the /_emulator/ list views.
+EMULATOR_PAGE_DEFAULT: Final = 100
+EMULATOR_PAGE_MAX: Final = 1000
+# Where the CLI reads the inspection token from when --inspect-token is not given.
+EMULATOR_INSPECT_TOKEN_ENV: Final = "ENCHARGE_EMULATOR_INSPECT_TOKEN"

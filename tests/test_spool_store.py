@@ -75,6 +75,10 @@ def exists(path: Path | str) -> bool:
     return Path(path).exists()
 
 
+def is_link(path: Path | str) -> bool:
+    return Path(path).is_symlink()
+
+
 def file_size(path: Path | str) -> int:
     return Path(path).stat().st_size
 
@@ -458,7 +462,10 @@ async def test_files_are_owner_only_whatever_the_umask(tmp_path: Path, open_spoo
 async def test_existing_files_are_made_owner_only(path: Path, open_spool: Opener) -> None:
     write(path, b"", mode=0o666)
     write(f"{path}.lock", b"", mode=0o644)
-    await open_spool()
+    write(f"{path}-wal", b"", mode=0o644)  # left by a crash
+    write(f"{path}-shm", b"", mode=0o664)
+    spool = await open_spool()
+    await spool.append([event(1)])
     assert set(listing(path.parent).values()) == {0o600}
     assert len(listing(path.parent)) == 4
 
@@ -469,14 +476,103 @@ async def test_a_file_that_cannot_be_made_owner_only_is_logged(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def refuse(target: str, mode: int) -> None:
-        raise PermissionError(1, "Operation not permitted", target)
+    def refuse(fd: int, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
 
     write(path, b"", mode=0o644)
-    monkeypatch.setattr("encharge_async._spool._lock.os.chmod", refuse)
+    monkeypatch.setattr("encharge_async._spool._lock.os.fchmod", refuse)
     with caplog.at_level(logging.WARNING, logger="encharge_async.spool"):
         await open_spool()
     assert any("owner-only" in r.getMessage() for r in caplog.records)
+
+
+LINKED_NAMES = ["spool.db", "spool.db.lock", "spool.db-wal", "spool.db-shm"]
+
+
+@pytest.mark.parametrize("name", LINKED_NAMES)
+async def test_a_symbolic_link_is_refused_not_followed(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "spool" / "spool.db"
+    path.parent.mkdir()
+    target = tmp_path / "precious.txt"
+    write(target, b"someone else's file\n", mode=0o644)
+    (path.parent / name).symlink_to(target)
+    with pytest.raises(SpoolError, match="symbolic link") as info:
+        await Spool.open(path)
+    assert not isinstance(info.value, SpoolLockedError)
+    assert str(path.parent / name) in str(info.value)
+    assert read(target) == b"someone else's file\n"
+    assert mode(target) == 0o644
+    assert is_link(path.parent / name)  # left as it was
+
+
+@pytest.mark.parametrize("name", LINKED_NAMES)
+async def test_a_dangling_symbolic_link_creates_nothing(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "spool" / "spool.db"
+    path.parent.mkdir()
+    target = tmp_path / "elsewhere"
+    (path.parent / name).symlink_to(target)
+    with pytest.raises(SpoolError, match="symbolic link"):
+        await Spool.open(path)
+    assert not is_link(target)
+    assert not exists(target)
+
+
+async def test_a_directory_reached_through_a_link_is_fine(
+    tmp_path: Path, open_spool: Opener
+) -> None:
+    # Only the spool's own files must not be links: /var/lib -> /data is common.
+    (tmp_path / "real").mkdir()
+    (tmp_path / "via").symlink_to(tmp_path / "real")
+    spool = await open_spool(tmp_path / "via" / "spool.db")
+    await spool.append([event(1)])
+    assert exists(tmp_path / "real" / "spool.db")
+
+
+async def test_a_path_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "spool.db")
+    with pytest.raises(SpoolError, match="not a regular file"):
+        await Spool.open(tmp_path / "spool.db")
+    await (await Spool.open(tmp_path / "other.db")).close()  # nothing left held
+
+
+@pytest.mark.parametrize("build", ["this SQLite", "a SQLite without SECURE_DELETE"])
+async def test_delivered_events_do_not_linger_in_the_files(
+    path: Path, open_spool: Opener, monkeypatch: pytest.MonkeyPatch, build: str
+) -> None:
+    if build != "this SQLite":
+        # Upstream SQLite's default is secure_delete=OFF; some distributions (Debian) build
+        # it ON. The spool must not depend on which.
+        connect = sqlite3.connect
+
+        def connect_insecure(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+            conn: sqlite3.Connection = connect(*args, **kwargs)
+            conn.execute("PRAGMA secure_delete = OFF")
+            return conn
+
+        monkeypatch.setattr(sqlite3, "connect", connect_insecure)
+    email = b"zelda.unforgettable@example.org"
+    body = b'{"name":"Paid","user":{"email":"' + email + b'"}}'
+    spool = await open_spool()
+    await spool.append(
+        [
+            SpooledEvent("small", "Paid", body, ("u:1",), 1000.0),
+            SpooledEvent("big", "Paid", body.ljust(20_000, b" "), ("u:1",), 1000.0),  # overflow
+            event(3),
+        ]
+    )
+    await spool.ack(["small", "big"])
+    assert [e.message_id for e in await spool.load(limit=10)] == ["m3"]
+    await anyio.to_thread.run_sync(checkpoint, path)
+    for name in listing(path.parent):
+        assert email not in read(path.parent / name), name
+    await spool.close()
+    for name in listing(path.parent):
+        assert email not in read(path.parent / name), name
+
+
+def checkpoint(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
 
 
 # -- one process per file --------------------------------------------------------------------
@@ -496,6 +592,27 @@ async def test_a_second_open_of_one_file_is_refused(path: Path, open_spool: Open
     assert "{pid}" in str(error)
     await spool.close()
     await open_spool()  # free again
+
+
+@pytest.mark.parametrize("spelling", ["hard link", "another spelling"])
+async def test_the_lock_is_on_the_file_not_on_its_path(
+    path: Path, open_spool: Opener, spelling: str
+) -> None:
+    spool = await open_spool()
+    await spool.append([event(1)])
+    if spelling == "hard link":
+        other = path.parent / "other-name.db"
+        os.link(path, other)
+    else:
+        other = Path(f"{path.parent}/./../{path.parent.name}/{path.name}")
+    with pytest.raises(SpoolLockedError) as info:
+        await Spool.open(other)
+    assert info.value.holder_pid == os.getpid()
+    assert info.value.path == other
+    assert "another Spool in this process" in str(info.value)
+    await spool.close()
+    async with await Spool.open(other) as again:  # free again, under either name
+        assert ids(await again.load(limit=10)) == ["m1"]
 
 
 async def test_a_lock_file_without_a_pid_still_gives_a_clear_error(
@@ -790,6 +907,14 @@ async def test_appended_events_survive_kill_9(path: Path, synchronous: str) -> N
         with pytest.raises(SpoolLockedError) as info:  # the child holds the file
             await Spool.open(path)
         assert info.value.holder_pid == process.pid
+        # ... under any name: a hard link has a lock file of its own, but the same inode.
+        link = path.parent / "link.db"
+        os.link(path, link)
+        with pytest.raises(SpoolLockedError, match="same file") as info:
+            await Spool.open(link)
+        assert info.value.path == link
+        assert not exists(f"{link}-wal")
+        os.unlink(link)
     finally:
         # SIGKILL, once: a second signal may reap the child behind asyncio's child watcher.
         process.kill()

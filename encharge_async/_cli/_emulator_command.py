@@ -30,9 +30,29 @@ def add_emulator_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--write-key",
         action="append",
-        help="an accepted write key (repeatable; default: $ENCHARGE_WRITE_KEY, else 'dev')",
+        help="an accepted write key (repeatable; default: $ENCHARGE_WRITE_KEY, else 'dev' "
+        "on loopback only)",
     )
     parser.add_argument("--seed", type=int, help="seed for reproducible faults")
+    exposure = parser.add_argument_group("exposure and memory (see docs/emulator.md)")
+    exposure.add_argument(
+        "--inspect-token",
+        help="token /_emulator/ requires (Authorization: Bearer ...); required off loopback "
+        "(default: $ENCHARGE_EMULATOR_INSPECT_TOKEN)",
+    )
+    exposure.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests with this Host name (repeatable; '*': any)",
+    )
+    exposure.add_argument(
+        "--max-events", type=int, help="accepted events kept (default 100000; oldest go)"
+    )
+    exposure.add_argument(
+        "--max-rejected", type=int, help="rejected requests kept (default 10000; oldest go)"
+    )
     faults = parser.add_argument_group("faults")
     faults.add_argument("--latency", type=_latency, help="seconds (0.05) or a range (0.01-0.2)")
     faults.add_argument("--error-rate", type=float, help="fraction answered 500/502/503")
@@ -58,7 +78,15 @@ def run_emulator_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from .._constants import EMULATOR_INSPECT_TOKEN_ENV
+
     keys = args.write_key or [os.environ.get("ENCHARGE_WRITE_KEY") or "dev"]
+    inspect_token = args.inspect_token or os.environ.get(EMULATOR_INSPECT_TOKEN_ENV) or None
+    limits = {
+        name: getattr(args, name)
+        for name in ("max_events", "max_rejected")
+        if getattr(args, name) is not None
+    }
     try:
         faults = Faults()
         for name in (
@@ -74,7 +102,16 @@ def run_emulator_command(args: argparse.Namespace) -> int:
             value = getattr(args, name)
             if value is not None:
                 setattr(faults, name, value)
-        run_emulator(args.host, args.port, keys, faults=faults, seed=args.seed)
+        run_emulator(
+            args.host,
+            args.port,
+            keys,
+            faults=faults,
+            seed=args.seed,
+            inspect_token=inspect_token,
+            allowed_hosts=args.allow_host,
+            **limits,
+        )
     except (ValueError, TypeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -162,10 +162,19 @@ class SpoolError(EnchargeError, RuntimeError):
 class SpoolLockedError(SpoolError):
     """Another process (or another `Spool` in this process) holds the spool file.
 
+    The file is recognised by its device and inode, so a hard link or another spelling of
+    its path is refused too (`same_file`: that is how this one was found).
     Attributes: `path`, the spool file; `holder_pid`, the pid recorded by the holder, or None.
     """
 
-    def __init__(self, path: Path, holder_pid: int | None, *, pattern: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        holder_pid: int | None,
+        *,
+        pattern: str | None = None,
+        same_file: bool = False,
+    ) -> None:
         self.path = path
         self.holder_pid = holder_pid
         if holder_pid == os.getpid():
@@ -176,6 +185,11 @@ class SpoolLockedError(SpoolError):
             holder = "another process"
         if pattern is not None:
             what = f"every spool file matching {pattern!r} (up to {path}) is locked"
+        elif same_file:
+            what = (
+                f"spool {str(path)!r} is the same file (device and inode) as one {holder} "
+                "holds under another path (a hard link, or another spelling of the path)"
+            )
         else:
             what = f"spool {str(path)!r} is locked by {holder} (its lock file is {path}.lock)"
         super().__init__(

@@ -8,12 +8,21 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
 
-from ._lock import lock_spool, owner_only
+from ._lock import (
+    FileIdentity,
+    lock_file_identity,
+    lock_spool,
+    open_no_follow,
+    owner_only,
+    refuse_symlink,
+    unlock_file_identity,
+)
 from ._model import (
     AppendResult,
     SpoolClosedError,
@@ -160,6 +169,9 @@ class Store:
         self.expired = 0
         self.duplicates = 0
         self._lock_fd: int | None = lock_fd
+        # The database file, held open (and locked by identity) while SQLite uses it.
+        self._db_fd: int | None = None
+        self._identity: FileIdentity | None = None
         self._append_sync = synchronous
         self._sync: str | None = None
         self._integrity_check = integrity_check
@@ -203,20 +215,59 @@ class Store:
 
     # -- connection ------------------------------------------------------------------------
 
+    def _hold_file(self) -> bool:
+        """Open the database file (created 0600) without following a link, and lock it by
+        its identity (device, inode): whether it was created.
+
+        Raises SpoolError for a link or something other than a regular file,
+        SpoolLockedError when this file is held under another path.
+        """
+        path = str(self.path)
+        # SQLite follows links when it opens the WAL and SHM files: look before it does.
+        for suffix in _SIDE_FILES:
+            refuse_symlink(path + suffix)
+        created = not os.path.lexists(path)
+        fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SpoolError(f"spool {path!r} is not a regular file")
+            owner_only(path, fd)  # SQLite gives the WAL and SHM files the database's mode
+            self._identity = lock_file_identity(fd, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._db_fd = fd
+        for suffix in _SIDE_FILES:  # left over from a crash, perhaps with a wider mode
+            owner_only(path + suffix)
+        return created
+
+    def _check_same_file(self) -> None:
+        """Raise SpoolError unless the path still names the file held (and SQLite's WAL and
+        SHM files are no links): a swap between our open and SQLite's is refused."""
+        path = str(self.path)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            info = None
+        if info is None or (info.st_dev, info.st_ino) != self._identity:
+            refuse_symlink(path)
+            raise SpoolError(f"spool {path!r} was replaced while it was being opened")
+        for suffix in _SIDE_FILES:
+            refuse_symlink(path + suffix)
+
     def _connect(self) -> sqlite3.Connection:
         """Open the file (created owner-only), check its schema or create it, configure it.
 
         Nothing is written to a file that turns out not to be a spool of this version.
         """
         path = str(self.path)
-        created = not os.path.lexists(path)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        owner_only(path)  # SQLite gives the WAL and SHM files the database's mode
+        created = self._hold_file()
         conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None)
         try:
             # The first read: raises DatabaseError when the file is not SQLite at all.
             rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             tables = {row[0] for row in rows}
+            self._check_same_file()
             if tables:
                 self._check_schema(conn, tables)
             else:
@@ -225,6 +276,9 @@ class Store:
             if mode != "wal":  # pragma: no cover - file systems without shared memory
                 raise SpoolError(f"spool {path!r}: SQLite cannot use WAL mode here ({mode})")
             conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
+            # Deleted rows (delivered events: people's data) are overwritten with zeros rather
+            # than left in free pages. It is a per-connection setting.
+            conn.execute("PRAGMA secure_delete = ON")
             self._sync = None
             self._set_sync(conn, self._append_sync)
             if not tables:
@@ -234,11 +288,12 @@ class Store:
             self.count, self.bytes = conn.execute(
                 "SELECT count(*), coalesce(sum(length(body)), 0) FROM events"
             ).fetchone()
+            self._check_same_file()
+            for suffix in _SIDE_FILES:
+                owner_only(path + suffix)
         except BaseException:
             conn.close()
             raise
-        for suffix in _SIDE_FILES:
-            owner_only(path + suffix)
         return conn
 
     @staticmethod
@@ -282,6 +337,14 @@ class Store:
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
+        # After SQLite's close: closing any descriptor of a file drops every fcntl lock the
+        # process holds on it, SQLite's included.
+        fd, self._db_fd = self._db_fd, None
+        identity, self._identity = self._identity, None
+        if identity is not None:
+            unlock_file_identity(identity)
+        if fd is not None:
+            os.close(fd)
 
     def _recover(self, reason: BaseException) -> Path:
         """Move the unreadable file aside, start an empty spool, log it: the moved path."""

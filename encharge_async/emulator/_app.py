@@ -10,12 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .._constants import EMULATOR_REJECTED_BODY_BYTES, EMULATOR_REJECTED_TEXT_CHARS
 from ._faults import Refusal
 from ._http import Body, Receive, Scope, Send, header, read_body, send_json
 from ._inspect import PREFIX, inspect
 from ._records import EventRecord, RejectedRecord
 from ._state import EmulatorState
 from ._validate import validate
+
+__all__ = ["INGEST_PATHS", "Aborter", "EmulatorApp", "request_host"]
 
 INGEST_PATHS = frozenset({"/v1", "/v1/"})
 # How long to wait for the server to notice a connection we cut.
@@ -39,6 +42,27 @@ def _parse(data: bytes) -> tuple[bool, Any]:
         return True, json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
     except ValueError:  # also UnicodeDecodeError, JSONDecodeError and _BadJSON
         return False, None
+
+
+def request_host(value: str | None) -> str | None:
+    """The host name of a `Host` header, lower-case, without port or trailing dot."""
+    if not value:
+        return None
+    value = value.strip().lower()
+    if value.startswith("["):  # an IPv6 literal: [::1]:8787
+        end = value.find("]")
+        return value[1:end] if end > 0 else None
+    return value.rsplit(":", 1)[0].rstrip(".") if value.count(":") <= 1 else None
+
+
+def origin_host(value: str) -> str | None:
+    """The host name of an `Origin` header (``scheme://host[:port]``); None for "null"."""
+    _, sep, rest = value.strip().partition("://")
+    return request_host(rest.split("/", 1)[0]) if sep else None
+
+
+def _cut(text: str | None) -> str | None:
+    return None if text is None else text[:EMULATOR_REJECTED_TEXT_CHARS]
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -75,6 +99,27 @@ class EmulatorApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan is off; websockets are off
             return
+        allowed = self._state.allowed_hosts
+        if allowed is not None:
+            # DNS rebinding: a web page's script can reach us under its own host name, so
+            # only the names and addresses we serve are answered.
+            host = request_host(header(scope, b"host"))
+            if host is None:
+                await send_json(send, 400, {"error": "Missing or invalid Host header."})
+                return
+            if host not in allowed:
+                error = (
+                    f"Misdirected request: this emulator does not serve the host {host!r} "
+                    "(allow it with --allow-host / allowed_hosts=)."
+                )
+                await send_json(send, 421, {"error": error})
+                return
+            # A page elsewhere can still send simple requests (a POST to /_emulator/reset)
+            # to a name we serve; browsers say where it came from.
+            origin = header(scope, b"origin")
+            if origin is not None and origin_host(origin) not in allowed:
+                await send_json(send, 403, {"error": "Cross-origin requests are refused."})
+                return
         path: str = scope["path"]
         if path.startswith(PREFIX):
             await inspect(self._state, scope, send)
@@ -124,7 +169,8 @@ class EmulatorApp:
                 received_monotonic=arrival.received_monotonic,
                 duplicate=self._state.store.is_duplicate(arrival.idempotency_key),
                 fault=drop or ("slow_body" if stall else None),
-            )
+            ),
+            body.size,
         )
         if drop is not None:
             injector.count(drop)
@@ -205,20 +251,28 @@ class EmulatorApp:
         body: Body | None,
         fault: str | None = None,
     ) -> None:
-        parsed = _parse(body.data)[1] if body is not None else None
+        # Whoever can reach the endpoint can send anything here, key or not: keep little.
+        data = body.data if body is not None else b""
+        truncated = len(data) > EMULATOR_REJECTED_BODY_BYTES
+        if truncated:
+            kept: Any = data[:EMULATOR_REJECTED_BODY_BYTES].decode("utf-8", "replace")
+        else:
+            kept = _parse(data)[1] if data else None
         self._state.reject(
             RejectedRecord(
                 seq=arrival.seq,
-                method=arrival.method,
-                path=arrival.path,
+                method=arrival.method[:EMULATOR_REJECTED_TEXT_CHARS],
+                path=arrival.path[:EMULATOR_REJECTED_TEXT_CHARS],
                 status=status,
                 error=error,
-                body=parsed,
-                idempotency_key=arrival.idempotency_key,
-                user_agent=arrival.user_agent,
+                body=kept,
+                idempotency_key=_cut(arrival.idempotency_key),
+                user_agent=_cut(arrival.user_agent),
                 received_at=arrival.received_at,
                 received_monotonic=arrival.received_monotonic,
                 fault=fault,
+                body_size=body.size if body is not None else 0,
+                body_truncated=truncated,
             )
         )
 

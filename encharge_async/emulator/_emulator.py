@@ -6,8 +6,10 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from .._constants import EMULATOR_MAX_EVENT_BYTES, EMULATOR_MAX_EVENTS, EMULATOR_MAX_REJECTED
 from ._faults import DropMode, Faults
 from ._model import CustomObject, Person
+from ._network import allowed_host_names, is_loopback, local_addresses
 from ._records import EventRecord, RejectedRecord, Stats
 from ._state import EmulatorState
 
@@ -15,7 +17,11 @@ if TYPE_CHECKING:
     from ._app import EmulatorApp
     from ._server import ServerHandle
 
+__all__ = ["DEFAULT_DEV_WRITE_KEY", "DEFAULT_MAX_BODY_BYTES", "Emulator"]
+
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: The CLI's write key when none is given: fine on loopback, refused off it.
+DEFAULT_DEV_WRITE_KEY = "dev"
 _START_TIMEOUT = 10.0
 
 
@@ -34,6 +40,14 @@ class Emulator:
     ``await emu.stop()``; point the client at ``emu.url``. Fault keywords set fields of
     ``emu.faults`` (on top of `faults`, if given). Raises ValueError for no or empty
     write keys and for invalid fault values.
+
+    Off loopback (`host` such as ``"0.0.0.0"``), anyone on the network can reach it: it
+    then refuses the guessable write key ``"dev"`` and needs an `inspect_token`, which
+    ``/_emulator/*`` then requires (``Authorization: Bearer <token>``); on loopback the
+    token is optional. Requests must carry a `Host` the emulator serves (loopback names,
+    its addresses, `allowed_hosts`; ``"*"`` allows any), else 421. At most `max_events`
+    accepted events (and `max_event_bytes` of their bodies) and `max_rejected` rejected
+    requests are kept, the oldest going first; `stats` counts every one.
     """
 
     def __init__(
@@ -58,10 +72,30 @@ class Emulator:
         drop_mode: DropMode | None = None,
         slow_body: float | None = None,
         slow_body_rate: float | None = None,
+        inspect_token: str | None = None,
+        allowed_hosts: Iterable[str] = (),
+        max_events: int = EMULATOR_MAX_EVENTS,
+        max_event_bytes: int = EMULATOR_MAX_EVENT_BYTES,
+        max_rejected: int = EMULATOR_MAX_REJECTED,
     ) -> None:
         if isinstance(write_keys, str):
             raise TypeError("write_keys must be a list of keys; use write_key= for one key")
+        if isinstance(allowed_hosts, str):
+            raise TypeError("allowed_hosts must be a list of host names")
         keys = ([write_key] if write_key is not None else []) + list(write_keys or ())
+        if not is_loopback(host):
+            where = f"{host or '0.0.0.0'!r} (not loopback: reachable from the network)"
+            if DEFAULT_DEV_WRITE_KEY in keys:
+                raise ValueError(
+                    f"binding {where} needs an explicit write key, not the guessable "
+                    f"{DEFAULT_DEV_WRITE_KEY!r} (write_key=, --write-key or $ENCHARGE_WRITE_KEY)"
+                )
+            if inspect_token is None:
+                raise ValueError(
+                    f"binding {where} needs an inspection token for /_emulator/ "
+                    "(inspect_token=, --inspect-token or $ENCHARGE_EMULATOR_INSPECT_TOKEN)"
+                )
+        self._allowed_hosts = tuple(allowed_hosts)
         self._faults = faults if faults is not None else Faults()
         options: dict[str, Any] = {
             "latency": latency,
@@ -80,7 +114,14 @@ class Emulator:
             if value is not None:
                 setattr(self._faults, name, value)
         self._state = EmulatorState(
-            keys, max_body_bytes=max_body_bytes, faults=self._faults, seed=seed
+            keys,
+            max_body_bytes=max_body_bytes,
+            faults=self._faults,
+            seed=seed,
+            max_events=max_events,
+            max_event_bytes=max_event_bytes,
+            max_rejected=max_rejected,
+            inspect_token=inspect_token,
         )
         self._host = host
         self._port = port
@@ -110,6 +151,7 @@ class Emulator:
             ) from exc
         from ._app import EmulatorApp
 
+        self._state.allowed_hosts = allowed_host_names(self._host, self._allowed_hosts)
         server = ServerHandle(self._host, self._port)
         app = EmulatorApp(self._state, server.abort)
         self._bound = await server.start(app, _START_TIMEOUT)
@@ -162,8 +204,25 @@ class Emulator:
 
     @property
     def url(self) -> str:
-        """The ingest endpoint, ``http://HOST:PORT/v1/`` (raises RuntimeError when not running)."""
+        """The ingest endpoint, ``http://HOST:PORT/v1/`` (raises RuntimeError when not running).
+
+        Bound to every interface, a loopback URL: the one that works from this machine.
+        """
         return f"{self.base_url}/v1/"
+
+    @property
+    def urls(self) -> list[str]:
+        """The ingest endpoint at every address it can be reached at, loopback first.
+
+        Bound to every interface, that is this machine's interface addresses.
+        """
+        host, port = self._address()
+        return [f"http://{_url_host(address)}:{port}/v1/" for address in local_addresses(host)]
+
+    @property
+    def exposed(self) -> bool:
+        """Whether it listens beyond loopback (reachable from the network)."""
+        return not is_loopback(self._host)
 
     def _address(self) -> tuple[str, int]:
         if self._bound is None:
@@ -180,12 +239,12 @@ class Emulator:
     @property
     def events(self) -> list[EventRecord]:
         """Accepted events, in arrival order."""
-        return list(self._state.store.events)
+        return list(self._state.store.events.records)
 
     @property
     def rejected(self) -> list[RejectedRecord]:
         """Requests that were not accepted (errors, injected faults), in arrival order."""
-        return list(self._state.store.rejected)
+        return list(self._state.store.rejected.records)
 
     @property
     def duplicates(self) -> dict[str, int]:
@@ -230,12 +289,13 @@ class Emulator:
     def reset(self) -> None:
         """Forget records, people, objects and fault counts; re-seed the fault dice.
 
-        Fault settings are kept (``emu.faults.clear()`` turns them off).
+        Fault settings are kept (``emu.faults.clear()`` turns them off). Over HTTP:
+        ``POST /_emulator/reset``.
         """
         self._state.reset()
 
     async def wait_for_events(self, count: int, *, timeout: float = 5.0) -> list[EventRecord]:
-        """Wait until at least `count` events were accepted; return all accepted events.
+        """Wait until at least `count` events were accepted; return the accepted events kept.
 
         Raises TimeoutError if fewer arrived within `timeout` seconds.
         """

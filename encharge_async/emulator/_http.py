@@ -7,6 +7,18 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = [
+    "Body",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "encode_json",
+    "header",
+    "read_body",
+    "send_json",
+]
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -26,11 +38,15 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 @dataclass(frozen=True)
 class Body:
-    """A request body read up to a limit: `data` is empty when `too_large` is true."""
+    """A request body read up to a limit: `data` is empty when `too_large` is true.
+
+    `size` is how many bytes arrived, kept or not.
+    """
 
     data: bytes
     too_large: bool
     disconnected: bool
+    size: int = 0
 
 
 async def read_body(receive: Receive, limit: int) -> Body:
@@ -43,7 +59,7 @@ async def read_body(receive: Receive, limit: int) -> Body:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return Body(b"", too_large=size > limit, disconnected=True)
+            return Body(b"", too_large=size > limit, disconnected=True, size=size)
         chunk = bytes(message.get("body", b""))
         size += len(chunk)
         if size <= limit:
@@ -53,8 +69,8 @@ async def read_body(receive: Receive, limit: int) -> Body:
         if not message.get("more_body", False):
             break
     if size > limit:
-        return Body(b"", too_large=True, disconnected=False)
-    return Body(b"".join(chunks), too_large=False, disconnected=False)
+        return Body(b"", too_large=True, disconnected=False, size=size)
+    return Body(b"".join(chunks), too_large=False, disconnected=False, size=size)
 
 
 def encode_json(payload: object) -> bytes:

@@ -6,9 +6,12 @@ import copy
 import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from ._validate import identifier
+
+__all__ = ["CustomObject", "PeopleModel", "Person"]
 
 # Fields of `user` that identify the person or are handled on their own.
 _SPECIAL_USER_FIELDS = frozenset({"email", "userId", "tags"})
@@ -152,6 +155,22 @@ class PeopleModel:
     def people(self) -> list[Person]:
         """Return every person, oldest first."""
         return [state.snapshot() for state in self._people.values()]
+
+    def people_page(self, after: int, limit: int) -> list[Person]:
+        """Up to `limit` people with an id above `after`, oldest first."""
+        found: list[Person] = []
+        for person_id, state in self._people.items():
+            if person_id > after:
+                found.append(state.snapshot())
+                if len(found) >= limit:
+                    break
+        return found
+
+    def objects_page(self, offset: int, limit: int) -> list[CustomObject]:
+        """Up to `limit` objects from position `offset` (0-based), oldest first."""
+        return [
+            state.snapshot() for state in islice(self._objects.values(), offset, offset + limit)
+        ]
 
     def objects(self, object_type: str | None = None) -> list[CustomObject]:
         """Return every custom object (of one type, if given), oldest first."""

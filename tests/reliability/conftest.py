@@ -94,15 +94,23 @@ class ChildEmulator:
         result: dict[str, Any] = await self._get("stats")
         return result
 
+    async def _all(self, view: str) -> list[dict[str, Any]]:
+        """Every item of a paginated view, following `next` page by page."""
+        items: list[dict[str, Any]] = []
+        query: str | None = f"{view}?limit=1000"
+        while query is not None:
+            page = await self._get(query)
+            items += page["items"]
+            query = page["next"] and page["next"].removeprefix("/_emulator/")
+        return items
+
     async def events(self) -> list[dict[str, Any]]:
         """Accepted events, oldest first (`EventRecord.to_dict()`)."""
-        result: list[dict[str, Any]] = await self._get("events")
-        return result
+        return await self._all("events")
 
     async def rejected(self) -> list[dict[str, Any]]:
         """Requests not accepted, oldest first (`RejectedRecord.to_dict()`)."""
-        result: list[dict[str, Any]] = await self._get("rejected")
-        return result
+        return await self._all("rejected")
 
 
 @asynccontextmanager
