@@ -60,3 +60,8 @@ DEFAULT_SPOOL_MAX_BYTES: Final = 256 * 1024 * 1024
 DEFAULT_SPOOL_MAX_AGE: Final = 7 * 24 * 3600.0
 SPOOL_LOAD_PAGE: Final = 1000
 SPOOL_CLOSE_TIMEOUT: Final = 5.0
+
+# The command line's import (encharge-async import).
+# A line (a CSV record) longer than this is dead-lettered by reference (size and prefix),
+# never read whole: no event can be larger than the client's own limit anyway.
+CLI_MAX_LINE_BYTES: Final = DEFAULT_MAX_EVENT_BYTES
