@@ -18,7 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from opentelemetry import metrics
+try:
+    from opentelemetry import metrics
+except ImportError as exc:  # say which extra brings it, not just the missing module
+    raise ImportError(
+        "encharge_async.otel needs OpenTelemetry's API: pip install 'encharge-async[otel]'"
+    ) from exc
 
 from ._client import AsyncEncharge
 from ._events import Event

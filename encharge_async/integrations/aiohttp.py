@@ -22,7 +22,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
-from aiohttp import web
+try:
+    from aiohttp import web
+except ImportError as exc:  # say what to install, not just the missing module
+    raise ImportError(
+        "encharge_async.integrations.aiohttp needs aiohttp: pip install aiohttp"
+    ) from exc
 
 from .._client import AsyncEncharge
 from . import ClientSource, _make_client
