@@ -84,7 +84,8 @@ class Progress:
         self._last_draw = now
         counters = self.counters
         total, done = counters.total, counters.done
-        fraction = min(done / total, 1.0) if total else 1.0
+        # Rounded down: "100%" only when everything is done.
+        fraction = min(done * 100 // total, 100) / 100 if total else 1.0
         counts = "  ".join(f"{name} {value:,}" for name, value in counters.fields() if value)
         text = (
             f"{fraction:4.0%} {done:,}/{total:,}  {counters.rate(now):,.0f}/s  "
