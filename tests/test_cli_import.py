@@ -449,3 +449,39 @@ def test_exit_statuses_in_a_real_process(emu: Emulator, tmp_path: Path) -> None:
     missing = run("import", str(tmp_path / "nope.jsonl"))
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1
+
+
+def test_a_record_with_a_lone_surrogate_is_dead_lettered_as_valid_json(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    source = write_lines(
+        tmp_path / "e.jsonl",
+        [
+            '{"name": "Bad \\ud800", "user": {"userId": "1"}}',
+            {"name": "Ok", "user": {"userId": "1"}},
+        ],
+    )
+    assert main(cli(emu, "import", str(source), "--quiet")) == 1
+    (entry,) = dead_entries(tmp_path / "e.jsonl.dead-letter.jsonl")
+    assert entry["name"] == "Bad \ud800"
+    assert [e.name for e in emu.events] == ["Ok"]
+
+
+def test_a_torn_checkpoint_line_is_not_counted(emu: Emulator, tmp_path: Path) -> None:
+    source = steps(tmp_path / "e.jsonl", 3)
+    assert main(cli(emu, "import", str(source), "--quiet")) == 0
+    checkpoint = tmp_path / "e.jsonl.checkpoint"
+    header = checkpoint.read_text().splitlines()[0]
+    checkpoint.write_text(f"{header}\n1\n!2\n3")  # a crash in the middle of writing "3\n"
+    assert main(cli(emu, "import", str(source), "--quiet")) == 1  # line 2 is dead-lettered
+    assert len(emu.events) == 4  # line 3 again, with the same Idempotency-Key
+    assert emu.events[-1].idempotency_key == emu.events[2].idempotency_key
+
+
+def test_a_checkpoint_left_readable_by_others_is_tightened(emu: Emulator, tmp_path: Path) -> None:
+    source = steps(tmp_path / "e.jsonl", 2)
+    assert main(cli(emu, "import", str(source), "--quiet")) == 0
+    checkpoint = tmp_path / "e.jsonl.checkpoint"
+    checkpoint.chmod(0o644)
+    assert main(cli(emu, "import", str(source), "--quiet")) == 0
+    assert stat.S_IMODE(os.stat(checkpoint).st_mode) == 0o600

@@ -279,3 +279,60 @@ def test_a_wrong_key_from_a_file_is_not_echoed(emu: Emulator, tmp_path: Path) ->
     assert result.returncode == 1
     assert "HTTP 401" in result.stderr
     assert "wrong-key-do-not-print" not in result.stderr + result.stdout
+
+
+# -- the counters behind the progress display and the summary ------------------------------------
+
+
+def test_a_resumed_run_counts_its_rate_from_its_own_lines() -> None:
+    from encharge_async._cli._progress import Counters
+
+    counters = Counters(total=100, skipped=6, started=0.0)
+    assert counters.eta(now=1.0) == "--:--"  # nothing done by this run yet: unknown, not 0:00
+    counters.delivered = 10
+    assert counters.rate(now=2.0) == 5.0  # the 6 skipped lines are not this run's work
+    assert counters.left == 84
+    assert counters.eta(now=2.0) == "0:16"
+
+
+def test_the_display_shows_100_percent_only_when_all_is_done() -> None:
+    import io
+
+    from encharge_async._cli._progress import Counters, Progress
+
+    stream = io.StringIO()
+    counters = Counters(total=3000, delivered=2997, started=0.0)
+    progress = Progress(counters, stream=stream)
+    progress.update(force=True, now=10.0)
+    counters.delivered = 3000
+    progress.finish(now=11.0)
+    first, last = stream.getvalue().splitlines()
+    assert first.startswith(" 99% 2,997/3,000")
+    assert last.startswith("100% 3,000/3,000  273/s  ETA 0:00  delivered 3,000")
+
+
+@pytest.mark.parametrize("latency", ["x", "0.1-y", "-1", "inf"])
+def test_emulator_latency_is_checked(capsys: pytest.CaptureFixture[str], latency: str) -> None:
+    assert "latency is seconds (0.05) or a range" in usage_error(
+        capsys, "emulator", "--port", "0", f"--latency={latency}"
+    )
+
+
+def test_emulator_fault_errors_name_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    # Refused before anything is served: the range is upside down.
+    assert main(["emulator", "--port", "0", "--latency", "0.5-0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --latency: ")
+    assert err.count("\n") == 1
+
+
+def test_verbose_shows_the_traceback_in_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "e.jsonl"
+    source.write_text('{"name": "A", "user": {"userId": "1"}}\n')
+    args = ["import", str(source), "--checkpoint", str(tmp_path), "--write-key", "k", "-v"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert "not a regular file" in err

@@ -224,8 +224,9 @@ class Source:
             more = f" and {len(header) - 12} more" if len(header) > 12 else ""
             shown = "tab" if chosen == "\t" else repr(chosen)
             raise ConfigurationError(
-                f"{path_text(self.path)}: the header has no email or user id column (found {found}{more}; "
-                f"split at {shown}). Name one column email or user_id, or pass --delimiter"
+                f"{path_text(self.path)}: the header has no email or user id column "
+                f"(found {found}{more}; split at {shown}). Name one column email or "
+                "user_id, or pass --delimiter"
             )
         return CsvLayout(chosen, columns)
 
