@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterable
 
 try:
     from opentelemetry import metrics
-except ImportError as exc:  # say which extra brings it, not just the missing module
+except ImportError as _missing:  # say which extra brings it, not just the missing module
     raise ImportError(
         "encharge_async.otel needs OpenTelemetry's API: pip install 'encharge-async[otel]'"
-    ) from exc
+    ) from _missing
 
 from ._client import AsyncEncharge
 from ._events import Event

@@ -24,10 +24,10 @@ from typing import Final
 
 try:
     from aiohttp import web
-except ImportError as exc:  # say what to install, not just the missing module
+except ImportError as _missing:  # say what to install, not just the missing module
     raise ImportError(
         "encharge_async.integrations.aiohttp needs aiohttp: pip install aiohttp"
-    ) from exc
+    ) from _missing
 
 from .._client import AsyncEncharge
 from . import ClientSource, _make_client

@@ -32,10 +32,10 @@ from typing import Any, Final, TypeVar, overload
 try:
     from starlette.applications import Starlette
     from starlette.requests import HTTPConnection
-except ImportError as exc:  # say what to install, not just the missing module
+except ImportError as _missing:  # say what to install, not just the missing module
     raise ImportError(
         "encharge_async.integrations.starlette needs Starlette (or FastAPI): pip install starlette"
-    ) from exc
+    ) from _missing
 
 from .._client import AsyncEncharge
 from . import ClientSource, _make_client
