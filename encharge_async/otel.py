@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 
 try:
     from opentelemetry import metrics
-except ImportError as _missing:  # say which extra brings it, not just the missing module
+except ImportError as _missing:  # pragma: no cover - tested in a subprocess without the extra
     raise ImportError(
         "encharge_async.otel needs OpenTelemetry's API: pip install 'encharge-async[otel]'"
     ) from _missing

@@ -95,6 +95,20 @@ def test_an_unreachable_endpoint_stops_the_import_and_the_rerun_delivers_everyth
     assert len(emu.events) == 20
 
 
+def test_a_wrong_endpoint_path_stops_the_import_instead_of_dead_lettering(
+    emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = steps(tmp_path / "e.jsonl", 10)
+    wrong = emu.url.replace("/v1/", "/v2/")  # answered 404
+    assert main(["import", str(source), "--quiet", "--write-key", KEY, "--endpoint", wrong]) == 2
+    err = capsys.readouterr().err
+    assert "Encharge answered HTTP 404" in err
+    assert "check --endpoint" in err
+    assert not (tmp_path / "e.jsonl.dead-letter.jsonl").exists()
+    assert main(cli(emu, "import", str(source), "--quiet")) == 0
+    assert len(emu.events) == 10
+
+
 def test_dead_letter_files_replay_and_restart_starts_a_fresh_one(tmp_path: Path) -> None:
     source = write_lines(
         tmp_path / "e.jsonl",

@@ -42,9 +42,11 @@ from ._text import one_line, path_text, shorten
 
 __all__ = ["add_import_parser"]
 
-# 4xx answers about the request itself are the line's own fault; these are not.
+# Refusals that are the line's own fault (its content): dead-lettered. Any other 4xx (a
+# wrong --endpoint answers 404, a proxy 407...) would refuse every line alike: it stops the
+# import, like a refused key (401/403) or an unreachable Encharge (no answer, 5xx, 429).
+_THE_LINES_FAULT = frozenset({400, 409, 413, 422})
 _KEY_REFUSED = frozenset({401, 403})
-_NOT_THE_LINES_FAULT = frozenset({408, 429})
 _ENQUEUE_WAIT = 0.5  # seconds between checks for Ctrl-C while the queue is full
 
 
@@ -225,15 +227,20 @@ class _Import:
         if call is None:
             return
         status = error.status
-        if status in _KEY_REFUSED:
+        if status in _THE_LINES_FAULT:
+            self.dead_letter(call.line, one_line(str(error)), call.record)
+        elif status in _KEY_REFUSED:
             self._stop_early(
                 f"Encharge refused the write key (HTTP {status}); check --write-key-file, "
                 "$ENCHARGE_WRITE_KEY or --write-key"
             )
-        elif status is None or status >= 500 or status in _NOT_THE_LINES_FAULT:
-            self._stop_early(f"could not deliver to Encharge: {one_line(error.reason, 120)}")
+        elif status is not None and status < 500 and status not in (408, 429):
+            self._stop_early(
+                f"Encharge answered HTTP {status} ({one_line(error.reason, 120)}), which is "
+                "not about the line itself; check --endpoint"
+            )
         else:
-            self.dead_letter(call.line, one_line(str(error)), call.record)
+            self._stop_early(f"could not deliver to Encharge: {one_line(error.reason, 120)}")
 
     def on_drop(self, event: Event, reason: DropReason) -> None:
         # An interrupted or stopped shutdown drops here: the line stays undone and is resent

@@ -31,7 +31,8 @@ __all__ = [
     "CsvLayout",
     "Source",
     "file_format",
-    "open_source",
+    "from_record",
+    "parse_json",
 ]
 
 # Dead-letter entries carry their origin under this key; `import` strips it (replay).
@@ -496,7 +497,3 @@ def _from_row(number: int, header: list[str], row: list[str]) -> Call:
         if properties:
             kwargs["properties"] = properties
     return Call(number, method, kwargs, {"method": method, **kwargs})
-
-
-def open_source(path: Path, *, max_line_bytes: int, delimiter: str | None = None) -> Source:
-    return Source(path, max_line_bytes=max_line_bytes, delimiter=delimiter)

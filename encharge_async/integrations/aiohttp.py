@@ -24,7 +24,7 @@ from typing import Final
 
 try:
     from aiohttp import web
-except ImportError as _missing:  # say what to install, not just the missing module
+except ImportError as _missing:  # pragma: no cover - tested in a subprocess without it
     raise ImportError(
         "encharge_async.integrations.aiohttp needs aiohttp: pip install aiohttp"
     ) from _missing

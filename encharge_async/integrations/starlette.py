@@ -32,7 +32,7 @@ from typing import Any, Final, TypeVar, overload
 try:
     from starlette.applications import Starlette
     from starlette.requests import HTTPConnection
-except ImportError as _missing:  # say what to install, not just the missing module
+except ImportError as _missing:  # pragma: no cover - tested in a subprocess without it
     raise ImportError(
         "encharge_async.integrations.starlette needs Starlette (or FastAPI): pip install starlette"
     ) from _missing
