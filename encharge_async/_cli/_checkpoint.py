@@ -2,10 +2,10 @@
 
 A JSON header line identifies the file (size and a hash of its start), then one line per
 finished record, appended and flushed as each finishes: `N` when line N was delivered,
-`!N` when it was dead-lettered for a reason of its own (Encharge refused it with a 4xx that
-is not about the write key, or it could not be read). Nothing else is recorded: an event
-that failed because the key was refused or Encharge could not be reached stays undone,
-and the next run sends it. A crash can lose at most the lines in flight at that moment;
+`!N` when it was dead-lettered for a reason of its own (it could not be read, or Encharge
+refused its content: 400, 409, 413, 422). Nothing else is recorded: an event that failed
+because the key was refused, the endpoint was wrong or Encharge could not be reached stays
+undone, and the next run sends it. A crash can lose at most the lines in flight at that moment;
 they are sent again on resume with the same message id, so Encharge sees the same
 Idempotency-Key.
 

@@ -1,10 +1,10 @@
 """`encharge-async import FILE`: bulk-load JSONL or CSV, resumable, with a dead-letter file.
 
 What is checkpointed is only what is settled: a delivered line, or a line refused for a
-reason of its own (unreadable, invalid, or a 4xx from Encharge other than 401/403). When
-the write key is refused or Encharge cannot be reached, every line would fail the same
-way: the import stops at once (exit status 2) without marking those lines, and the same
-command run again delivers them.
+reason of its own (unreadable, invalid, or refused by Encharge for its content). When the
+write key is refused, the endpoint is wrong or Encharge cannot be reached, every line would
+fail the same way: the import stops at once (exit status 2) without marking those lines,
+and the same command run again delivers them.
 """
 
 from __future__ import annotations
