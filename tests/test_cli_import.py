@@ -143,7 +143,7 @@ def test_a_fresh_run_truncates_an_old_dead_letter_file(emu: Emulator, tmp_path: 
     dead_file = tmp_path / "e.jsonl.dead-letter.jsonl"
     dead_file.write_text('{"stale": true}\n')
     assert main(cli(emu, "import", str(source), "--quiet")) == 0
-    assert dead_file.read_text() == ""
+    assert not dead_file.exists()
 
 
 def test_nan_and_infinity_are_dead_lettered_as_valid_json(emu: Emulator, tmp_path: Path) -> None:
@@ -499,3 +499,21 @@ def test_a_checkpoint_left_readable_by_others_is_tightened(emu: Emulator, tmp_pa
     checkpoint.chmod(0o644)
     assert main(cli(emu, "import", str(source), "--quiet")) == 0
     assert stat.S_IMODE(os.stat(checkpoint).st_mode) == 0o600
+
+
+def test_a_symlink_planted_before_a_resume_is_refused_before_sending(
+    emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = steps(tmp_path / "e.jsonl", 4)
+    checkpoint = tmp_path / "e.jsonl.checkpoint"
+    # A first run that settled nothing (the key was refused), then someone plants a link.
+    assert main(["import", str(source), "--quiet", "--write-key", "no", "--endpoint", emu.url]) == 2
+    assert checkpoint.exists()
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    (tmp_path / "e.jsonl.dead-letter.jsonl").symlink_to(target)
+    capsys.readouterr()
+    assert main(cli(emu, "import", str(source), "--quiet")) == 2
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert emu.events == []
+    assert target.read_text() == "keep me\n"

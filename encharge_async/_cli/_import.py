@@ -136,15 +136,10 @@ class _DeadLetter:
         self.path = path
         self.source = str(source)
         self.count = 0
-        self._handle: IO[str] | None = None
-        self._mode = "w" if fresh else "a"
-        if fresh and (path.exists() or path.is_symlink()):
-            self._open()  # an earlier run's entries do not belong to this one
-
-    def _open(self) -> IO[str]:
-        if self._handle is None:
-            self._handle = open_private(self.path, self._mode)
-        return self._handle
+        self.fresh = fresh
+        # Opened now, so that a symlink in its place stops the import before anything is
+        # sent. A fresh run truncates: an earlier run's entries do not belong to this one.
+        self._handle: IO[str] | None = open_private(path, "w" if fresh else "a")
 
     def write(self, line: int, error: str, record: dict[str, Any] | None, **detail: Any) -> None:
         origin = {"source": self.source, "line": line, "error": error, **detail}
@@ -157,19 +152,19 @@ class _DeadLetter:
         except (ValueError, TypeError, RecursionError):
             origin["note"] = "the record could not be written back as JSON"
             text = json.dumps({DEAD_LETTER_KEY: origin}, default=repr)
-        handle = self._open()
-        handle.write(text + "\n")
-        handle.flush()
+        assert self._handle is not None
+        self._handle.write(text + "\n")
+        self._handle.flush()
         self.count += 1
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-
-
-class _Stop(Exception):
-    """Why the import stopped early (the key was refused, Encharge unreachable)."""
-
+        if self._handle is None:
+            return
+        self._handle.close()
+        self._handle = None
+        if self.fresh and not self.count:
+            # Nothing to report: leave no empty file behind (unlink never follows a link).
+            self.path.unlink(missing_ok=True)
 
 class _Import:
     def __init__(self, args: argparse.Namespace) -> None:
