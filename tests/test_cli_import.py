@@ -517,3 +517,11 @@ def test_a_symlink_planted_before_a_resume_is_refused_before_sending(
     assert "is a symbolic link" in capsys.readouterr().err
     assert emu.events == []
     assert target.read_text() == "keep me\n"
+
+
+def test_jsonl_with_a_byte_order_mark_and_crlf(emu: Emulator, tmp_path: Path) -> None:
+    source = tmp_path / "e.jsonl"
+    lines = [json.dumps({"name": "A", "user": {"userId": str(i)}}) for i in range(3)]
+    source.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    assert main(cli(emu, "import", str(source), "--quiet")) == 0
+    assert sorted(e.body["user"]["userId"] for e in emu.events) == ["0", "1", "2"]

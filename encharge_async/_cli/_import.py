@@ -353,14 +353,14 @@ class _Import:
         skipped = f"  (done by an earlier run; {self.earlier_dead:,} of them dead-lettered)"
         notes = {"skipped": skipped if self.earlier_dead else "  (done by an earlier run)"}
         lines = [
-            f"imported {self.source_path} in {format_duration(counters.elapsed(now))} "
+            f"imported {path_text(self.source_path)} in {format_duration(counters.elapsed(now))} "
             f"({counters.rate(now):,.0f} lines/s)",
             *(f"  {name:<14}{value:>9,}{notes.get(name, '')}" for name, value in counters.fields()),
             f"  {'left':<14}{counters.left:>9,}",
         ]
         if self.dead.count:
             lines.append(
-                f"dead-lettered lines were written to {self.dead.path} "
+                f"dead-lettered lines were written to {path_text(self.dead.path)} "
                 "(fix them and import that file)"
             )
         if counters.left:
