@@ -166,6 +166,7 @@ class _DeadLetter:
             # Nothing to report: leave no empty file behind (unlink never follows a link).
             self.path.unlink(missing_ok=True)
 
+
 class _Import:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
