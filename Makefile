@@ -1,10 +1,25 @@
 # Two commands on a fresh machine with only python3:  make demo  and  make test.
+# `make help` lists every target.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The demo needs only the emulator (and orjson): a few packages, not the whole dev set.
+DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: demo test lint typecheck verifytypes docs check-tests install bench clean
+.PHONY: help demo test lint typecheck verifytypes docs check-tests install bench clean
+
+help:
+	@echo "make demo          run the demo: the client against the local emulator (installs .[emulator,fast])"
+	@echo "make test          lint, typecheck, verifytypes, docs and the tests with coverage (installs .[dev])"
+	@echo "make install       create .venv with the dev extras"
+	@echo "make lint          ruff check and ruff format --check"
+	@echo "make typecheck     mypy (strict)"
+	@echo "make verifytypes   pyright --verifytypes: the public API is fully typed"
+	@echo "make docs          build the documentation site (mkdocs --strict) into site/"
+	@echo "make check-tests   the tests under coverage"
+	@echo "make bench         the benchmarks (about 4 minutes)"
+	@echo "make clean         remove .venv and the tools' caches"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -12,13 +27,16 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[emulator,fast]'
+	touch $(DEMO_STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/encharge-async demo
-
 lint: $(STAMP)
 	$(BIN)/ruff check encharge_async tests benchmarks examples
 	$(BIN)/ruff format --check encharge_async tests benchmarks examples

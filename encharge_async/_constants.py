@@ -78,3 +78,8 @@ EMULATOR_PAGE_DEFAULT: Final = 100
 EMULATOR_PAGE_MAX: Final = 1000
 # Where the CLI reads the inspection token from when --inspect-token is not given.
 EMULATOR_INSPECT_TOKEN_ENV: Final = "ENCHARGE_EMULATOR_INSPECT_TOKEN"
+
+# The command line's import (encharge-async import).
+# A line (a CSV record) longer than this is dead-lettered by reference (size and prefix),
+# never read whole: no event can be larger than the client's own limit anyway.
+CLI_MAX_LINE_BYTES: Final = DEFAULT_MAX_EVENT_BYTES

@@ -18,7 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from opentelemetry import metrics
+try:
+    from opentelemetry import metrics
+except ImportError as _missing:  # pragma: no cover - tested in a subprocess without the extra
+    raise ImportError(
+        "encharge_async.otel needs OpenTelemetry's API: pip install 'encharge-async[otel]'"
+    ) from _missing
 
 from ._client import AsyncEncharge
 from ._events import Event

@@ -90,7 +90,7 @@ def test_send_track(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
     (event,) = emu.events
     assert event.body == {
         "name": "Registered user",
-        "user": {"firstName": "Jon", "email": "jon@example.com", "userId": 42},
+        "user": {"firstName": "Jon", "email": "jon@example.com", "userId": "42"},
         "properties": {"plan": "Premium", "seats": 3},
         "sourceIp": "203.0.113.7",
     }
@@ -159,9 +159,9 @@ def test_send_refused_prints_the_error_plainly(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["send", "track", "E"], "needs an email or a user_id"),
-        (["send", "track", "E", "--user-id", "1", "--prop", "novalue"], "expects key=value"),
-        (["send", "alias", "--email", "x@example.com"], "alias needs previous_email"),
+        (["send", "track", "E"], "needs --email or --user-id"),
+        (["send", "track", "E", "--user-id", "1", "--prop", "novalue"], "expects KEY=VALUE"),
+        (["send", "alias", "--email", "x@example.com"], "alias needs --previous-email"),
     ],
 )
 def test_send_bad_input(
@@ -228,14 +228,14 @@ def test_import_jsonl_with_broken_lines(
     out = capsys.readouterr()
     assert status == 1  # some lines were bad
     assert summary(out.out, "delivered") == 6
-    assert summary(out.out, "bad lines") == 5
+    assert summary(out.out, "dead-lettered") == 5
     for line in (3, 5, 7, 9, 10):
-        assert f"events.jsonl:{line}: skipped" in out.err
+        assert f"events.jsonl:{line}: dead-lettered" in out.err
     dead = [
         json.loads(x)
         for x in (tmp_path / "events.jsonl.dead-letter.jsonl").read_text().splitlines()
     ]
-    assert sorted(d["line"] for d in dead) == [3, 5, 7, 9, 10]
+    assert sorted(d["_dead_letter"]["line"] for d in dead) == [3, 5, 7, 9, 10]
     person = emu.person(email="b@example.com")
     assert person is not None
     assert person.events == ("Step", "Step", "Step")
@@ -245,8 +245,9 @@ def test_import_jsonl_with_broken_lines(
         3,
     ]
 
-    # A second run finds everything done and sends nothing.
-    assert main(cli(emu, "import", str(source), "--quiet")) == 0
+    # A second run finds everything done and sends nothing; the exit status still says that
+    # lines were dead-lettered.
+    assert main(cli(emu, "import", str(source), "--quiet")) == 1
     assert summary(capsys.readouterr().out, "skipped") == 11
     assert len(emu.events) == 6
 
@@ -271,7 +272,7 @@ def test_import_csv(emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture
         "user": {"email": "b@example.com", "userId": "2"},
         "properties": {"firstName": "Bob", "plan": "Pro"},
     } in bodies
-    assert "people.csv:4: skipped: expected 6 columns, got 3" in capsys.readouterr().err
+    assert "people.csv:4: dead-lettered: expected 6 columns, got 3" in capsys.readouterr().err
 
 
 def test_import_dead_letters_server_refusals(tmp_path: Path) -> None:
@@ -287,9 +288,9 @@ def test_import_dead_letters_server_refusals(tmp_path: Path) -> None:
         (dead,) = [
             json.loads(x) for x in (tmp_path / "e.jsonl.dead-letter.jsonl").read_text().splitlines()
         ]
-        assert dead["line"] == 2
-        assert "HTTP 413" in dead["error"]
-        assert dead["record"]["name"] == "Huge"
+        assert dead["_dead_letter"]["line"] == 2
+        assert "HTTP 413" in dead["_dead_letter"]["error"]
+        assert dead["name"] == "Huge"
         assert [e.name for e in emu.events] == ["Small"]
 
 
@@ -451,8 +452,10 @@ def test_emulator_command(tmp_path: Path) -> None:
 
 
 def test_emulator_command_bad_option(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["emulator", "--port", "0", "--error-rate", "7"]) == 2
-    assert "error_rate" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["emulator", "--port", "0", "--error-rate", "7"])
+    assert info.value.code == 2
+    assert "--error-rate: a fraction is 0 to 1, got '7'" in capsys.readouterr().err
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 import anyio
 
 from .._client import AsyncEncharge
-from ._progress import Progress
+from ._options import add_verbose, int_at_least
+from ._progress import Counters, Progress
 
 __all__ = ["add_demo_parser"]
 
@@ -29,12 +30,31 @@ def add_demo_parser(subparsers: Any) -> None:
             "what happened. Needs no network and no Encharge account."
         ),
     )
-    parser.add_argument("--users", type=int, default=300, help="simulated people (default: 300)")
     parser.add_argument(
-        "--requests", type=int, default=3000, help="simulated requests (default: 3000)"
+        "--users",
+        type=int_at_least(1),
+        default=300,
+        metavar="N",
+        help="simulated people (default: 300)",
     )
-    parser.add_argument("--concurrency", type=int, default=16, help="default: 16")
-    parser.add_argument("--seed", type=int, default=2026, help="default: 2026")
+    parser.add_argument(
+        "--requests",
+        type=int_at_least(1),
+        default=3000,
+        metavar="N",
+        help="simulated requests, sign-ups included (default: 3000)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int_at_least(1),
+        default=16,
+        metavar="N",
+        help="requests in flight at most (default: 16)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=2026, help="for reproducible faults (default: 2026)"
+    )
+    add_verbose(parser, "verbose_demo")
     parser.set_defaults(handler=run_demo)
 
 
@@ -97,11 +117,21 @@ async def _demo(args: argparse.Namespace) -> int:
             "0.5% connections cut after the event was recorded\n"
         )
         client = AsyncEncharge(DEMO_KEY, endpoint=emulator.url, max_concurrency=args.concurrency)
-        started = time.monotonic()
-        progress = Progress(args.requests, stream=sys.stdout)
+        # Each sign-up is one of the requests: --requests 10 sends 10 events, whatever --users.
+        signups = min(args.users, args.requests)
+        counters = Counters(total=args.requests)
+        progress = Progress(counters, stream=sys.stdout)
+
+        def show(*, force: bool = False) -> None:
+            stats = client.stats
+            counters.delivered = stats.delivered
+            counters.dead_lettered = stats.failed + stats.dropped
+            counters.retried = stats.retried
+            progress.update(force=force)
+
         async with client:
             # Sign-ups first, so every person exists before their other events.
-            for user in range(args.users):
+            for user in range(signups):
                 start = time.perf_counter_ns()
                 await client.track(
                     "Registered user",
@@ -111,19 +141,22 @@ async def _demo(args: argparse.Namespace) -> int:
                     properties={"plan": rng.choice(["Free", "Premium"])},
                 )
                 timings.enqueue_ns.append(time.perf_counter_ns() - start)
-            for batch_start in range(args.users, args.requests, 50):
+            for batch_start in range(signups, args.requests, 50):
                 async with anyio.create_task_group() as requests:
                     for _ in range(min(50, args.requests - batch_start)):
                         requests.start_soon(
-                            _handle_request, client, rng, rng.randrange(args.users), timings
+                            _handle_request, client, rng, rng.randrange(signups), timings
                         )
                 await anyio.sleep(0.01)  # the next burst of requests
-                progress.update(client.stats.delivered, delivered=client.stats.delivered)
+                show()
             while client.stats.queued or client.stats.in_flight:
                 await client.flush(timeout=0.5)
-                progress.update(client.stats.delivered, delivered=client.stats.delivered)
+                show()
             result = await client.aclose()
-        elapsed = time.monotonic() - started
+        now = time.monotonic()
+        show()
+        progress.finish(now)
+        elapsed = counters.elapsed(now)
         stats = client.stats
         person = emulator.person(email="user7@example.com")
         duplicates = sum(emulator.duplicates.values())
@@ -136,7 +169,7 @@ async def _demo(args: argparse.Namespace) -> int:
             f"  dropped      {stats.dropped:>8,}\n"
             f"  duplicates   {duplicates:>8,}  (resent after a cut connection; "
             "same Idempotency-Key)\n"
-            f"  events/s     {stats.delivered / elapsed:>8,.0f}  ({elapsed:.1f} s)\n"
+            f"  events/s     {counters.rate(now):>8,.0f}  ({elapsed:.1f} s)\n"
             f"  enqueue p50  {timings.percentile(0.5):>8.1f} us   "
             f"p99 {timings.percentile(0.99):.1f} us\n"
             f"  faults       {json.dumps(emulator.fault_counts)}\n"
@@ -151,10 +184,9 @@ async def _demo(args: argparse.Namespace) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     try:
-        return anyio.run(_demo, args)
-    except ImportError as exc:  # pragma: no cover - depends on the installed extras
-        print(
-            f"error: the demo needs the emulator: pip install 'encharge-async[emulator]' ({exc})",
-            file=sys.stderr,
-        )
-        return 2
+        from ..emulator import Emulator  # noqa: F401  (its extra's hint, before anything runs)
+    except ImportError as exc:
+        raise ImportError(
+            "the demo needs the emulator: pip install 'encharge-async[emulator]'"
+        ) from exc
+    return anyio.run(_demo, args)

@@ -10,52 +10,98 @@ import anyio
 
 from .._client import AsyncEncharge
 from .._exceptions import DeliveryError, EnchargeError
-from ._options import add_client_options, client_kwargs, parse_assignments, parse_value
+from ._options import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    add_client_options,
+    add_verbose,
+    client_kwargs,
+    parse_assignments,
+)
+from ._text import flag_names, one_line
 
 __all__ = ["add_send_parser"]
+
+_IDENTIFIERS = ("email", "userId")  # person fields that are always text
 
 
 def add_send_parser(subparsers: Any) -> None:
     send = subparsers.add_parser(
         "send",
         help="send one event and wait until Encharge accepts it",
-        description="Send one event; exit status 0 only when Encharge accepted it.",
+        description="Send one event and wait for Encharge's answer. Exit status: 0 accepted, "
+        "1 refused by Encharge, 2 bad input or configuration.",
     )
+    add_verbose(send, "verbose_send")
     kinds = send.add_subparsers(dest="kind", required=True, metavar="KIND")
 
-    def person(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--email", help="the person's email")
-        parser.add_argument("--user-id", type=parse_value, help="the person's userId")
+    def person(parser: argparse.ArgumentParser, *, new: bool = False) -> None:
+        which = "the new " if new else "the person's "
+        parser.add_argument("--email", help=which + "email")
         parser.add_argument(
-            "--user", action="append", metavar="KEY=VALUE", help="a person field (repeatable)"
+            "--user-id", metavar="ID", help=which + "userId (always sent as text: 42 is '42')"
         )
 
-    track = kinds.add_parser("track", help="record an event about a person")
+    def fields(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--user",
+            action="append",
+            metavar="KEY=VALUE",
+            help="a person field (repeatable); the value is read as JSON when it parses "
+            "(3, true, [1]), else as text",
+        )
+
+    track = kinds.add_parser(
+        "track", help="record an event about a person", description="Record an event."
+    )
     track.add_argument("name", help="the event name, e.g. 'Registered user'")
     person(track)
+    fields(track)
     track.add_argument(
-        "--prop", action="append", metavar="KEY=VALUE", help="an event property (repeatable)"
+        "--prop",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an event property (repeatable; JSON when it parses, else text)",
     )
-    track.add_argument("--source-ip", help="the end user's IP address")
+    track.add_argument("--source-ip", metavar="IP", help="the end user's IP address")
 
-    identify = kinds.add_parser("identify", help="create or update a person")
+    identify = kinds.add_parser(
+        "identify", help="create or update a person", description="Create or update a person."
+    )
     person(identify)
+    fields(identify)
 
-    alias = kinds.add_parser("alias", help="change a person's email and/or userId")
-    alias.add_argument("--previous-email")
-    alias.add_argument("--previous-user-id", type=parse_value)
-    alias.add_argument("--email", help="the new email")
-    alias.add_argument("--user-id", type=parse_value, help="the new userId")
+    alias = kinds.add_parser(
+        "alias",
+        help="change a person's email and/or userId",
+        description="Change a person's identifier: give the old one (--previous-email or "
+        "--previous-user-id) and the new one (--email or --user-id).",
+    )
+    alias.add_argument("--previous-email", help="the email the person has now")
+    alias.add_argument(
+        "--previous-user-id", metavar="ID", help="the userId the person has now (text)"
+    )
+    person(alias, new=True)
 
-    group = kinds.add_parser("group", help="create or update an object such as a company")
+    group = kinds.add_parser(
+        "group",
+        help="create or update an object such as a company",
+        description="Create or update an object (a company...) and link the person to it.",
+    )
     group.add_argument("object_type", help="the object's schema name, e.g. company")
     person(group)
+    fields(group)
     group.add_argument(
-        "--prop", action="append", metavar="KEY=VALUE", help="an object field (repeatable)"
+        "--prop",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an object field (repeatable; JSON when it parses, else text)",
     )
 
     for parser in (track, identify, alias, group):
-        add_client_options(parser)
+        # One event, one request: a --concurrency would mean nothing here.
+        add_client_options(parser, concurrency=False)
+        add_verbose(parser, "verbose_kind")
         parser.set_defaults(handler=run_send)
 
 
@@ -70,7 +116,7 @@ def _call(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         )
         return "alias", kwargs
     kwargs.update(email=args.email, user_id=args.user_id)
-    user = parse_assignments(args.user, "--user")
+    user = parse_assignments(args.user, "--user", text_keys=_IDENTIFIERS)
     if user:
         kwargs["user"] = user
     if args.kind == "track":
@@ -87,11 +133,7 @@ def _call(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
 
 def run_send(args: argparse.Namespace) -> int:
-    try:
-        method, kwargs = _call(args)
-    except argparse.ArgumentTypeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    method, kwargs = _call(args)
 
     async def send() -> str:
         async with AsyncEncharge(**client_kwargs(args), max_retries=3) as client:
@@ -101,10 +143,10 @@ def run_send(args: argparse.Namespace) -> int:
     try:
         message_id = anyio.run(send)
     except DeliveryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
     except (EnchargeError, TimeoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"error: {one_line(flag_names(str(exc)))}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"accepted: {method} (message id {message_id})")
     return 0

@@ -22,7 +22,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
-from aiohttp import web
+try:
+    from aiohttp import web
+except ImportError as _missing:  # pragma: no cover - tested in a subprocess without it
+    raise ImportError(
+        "encharge_async.integrations.aiohttp needs aiohttp: pip install aiohttp"
+    ) from _missing
 
 from .._client import AsyncEncharge
 from . import ClientSource, _make_client

@@ -29,8 +29,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, TypeVar, overload
 
-from starlette.applications import Starlette
-from starlette.requests import HTTPConnection
+try:
+    from starlette.applications import Starlette
+    from starlette.requests import HTTPConnection
+except ImportError as _missing:  # pragma: no cover - tested in a subprocess without it
+    raise ImportError(
+        "encharge_async.integrations.starlette needs Starlette (or FastAPI): pip install starlette"
+    ) from _missing
 
 from .._client import AsyncEncharge
 from . import ClientSource, _make_client
