@@ -23,7 +23,6 @@ from . import _config
 from ._builders import build_alias, build_group, build_identify, build_track
 from ._config import Config
 from ._constants import (
-    DEFAULT_BLOCK_TIMEOUT,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_MAX_QUEUE_BYTES,
@@ -39,8 +38,8 @@ from ._constants import (
     DEFAULT_TIMEOUT,
     TRANSPORT_CLOSE_TIMEOUT,
 )
-from ._events import Entry, Event, Waiter
-from ._exceptions import ClientClosedError, EventLoopError, ValidationError
+from ._events import Entry, Event
+from ._exceptions import ClientClosedError, EventLoopError
 from ._pipeline import Pipeline
 from ._runtime import LoopBinding, bind_current_loop
 from ._spool import Spool
@@ -130,7 +129,7 @@ class AsyncEncharge:
     def _from_config(cls, config: Config) -> AsyncEncharge:
         """A client of an already validated `Config` (the sync client's)."""
         client = cls.__new__(cls)
-        client._configure(config)
+        client._configure(config)  # noqa: SLF001 - the class's own constructor path
         return client
 
     def _configure(self, config: Config) -> None:
@@ -484,30 +483,9 @@ class AsyncEncharge:
     # -- internals -------------------------------------------------------------------------
 
     async def _submit(self, entry: Entry, wait: bool, timeout: float | None) -> str:
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or not timeout >= 0  # also refuses NaN
-        ):
-            raise ValidationError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         # Waiting needs the client's own loop; only a plain hand-off crosses loops.
         self._enter()
-        if wait:
-            entry.waiter = Waiter(anyio.Event())
-        bound = DEFAULT_BLOCK_TIMEOUT if timeout is None else timeout
-        if self._config.overflow == "block":
-            await self._intake.put(entry, bound)
-        else:
-            self._intake.put_nowait(entry)
-        if self._config.spool_always:
-            # Durable before returning: wait for the writer's commit of this event's batch.
-            await self._pipeline.wait_committed(entry, bound)
-        if entry.waiter is not None:
-            with anyio.fail_after(self._config.wait_bound if timeout is None else timeout):
-                await entry.waiter.done.wait()
-            if entry.waiter.error is not None:
-                raise entry.waiter.error
-        return entry.message_id
+        return await self._pipeline.submit(entry, wait, timeout)
 
     def _enter(self) -> LoopBinding:
         """Start on the running loop, or check that we are on the one we started on."""
@@ -542,14 +520,7 @@ class AsyncEncharge:
     ) -> Callable[[], None]:
         """For `encharge_async.otel`: call `listener(event, seconds since its first attempt)`
         as each event is delivered; returns the function that stops it."""
-        listeners = self._pipeline.ledger.delivery_listeners
-        listeners.append(listener)
-
-        def remove() -> None:
-            if listener in listeners:
-                listeners.remove(listener)
-
-        return remove
+        return self._pipeline.ledger.add_delivery_listener(listener)
 
     def _after_fork_in_child(self) -> None:  # pragma: no cover - runs in forked children
         # The parent's loop, sockets and queue are not ours: start clean, lazily.
@@ -561,7 +532,7 @@ class AsyncEncharge:
 
 def _reset_clients_after_fork() -> None:  # pragma: no cover - runs in forked children
     for client in list(_live_clients):
-        client._after_fork_in_child()
+        client._after_fork_in_child()  # noqa: SLF001 - this module's own fork hook
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - absent only on Windows

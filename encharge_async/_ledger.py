@@ -73,6 +73,18 @@ class Ledger:
         self._drops_unreported = 0
         self._last_drop_warning = -DROP_WARNING_INTERVAL
 
+    def add_delivery_listener(self, listener: Callable[[Event, float], None]) -> Callable[[], None]:
+        """Call `listener(event, seconds since its first attempt)` as each event is
+        delivered; returns the function that stops it."""
+        listeners = self.delivery_listeners
+        listeners.append(listener)
+
+        def remove() -> None:
+            if listener in listeners:
+                listeners.remove(listener)
+
+        return remove
+
     # -- outcomes -----------------------------------------------------------------------------
 
     def record_delivered(self, entry: Entry, now: float) -> None:

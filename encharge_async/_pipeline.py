@@ -19,9 +19,10 @@ from collections.abc import Callable
 import anyio
 
 from ._config import Config
-from ._constants import TRANSPORT_CLOSE_TIMEOUT
+from ._constants import DEFAULT_BLOCK_TIMEOUT, TRANSPORT_CLOSE_TIMEOUT
 from ._dispatcher import Dispatcher
-from ._events import Entry
+from ._events import Entry, Waiter
+from ._exceptions import ValidationError
 from ._intake import Intake
 from ._ledger import Ledger
 from ._queue import DeliveryQueue
@@ -167,11 +168,41 @@ class Pipeline:
         """Wait for the events accepted so far (see `AsyncEncharge.flush`)."""
         return await self.ledger.wait_for(self.queue.accepted, self.outstanding(), timeout)
 
-    async def wait_committed(self, entry: Entry, timeout: float) -> None:
-        """In always mode: return once `entry` is on disk."""
-        if self.spooler is not None and entry.spooled:
-            with anyio.fail_after(timeout):
+    async def submit(self, entry: Entry, wait: bool, timeout: float | None) -> str:
+        """The intake's waiting door, on the client's loop: room (`overflow="block"`), the
+        disk (`spool_mode="always"`) and, with `wait`, the event's outcome.
+
+        Raises:
+            ValidationError: `timeout` is not a number of seconds >= 0.
+            QueueFullError: no room within the bound.
+            DeliveryError: with `wait`, the event failed or was dropped.
+            TimeoutError: with `wait`, no outcome within the bound; in always mode, the
+                disk did not take the event in time.
+        """
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not timeout >= 0  # also refuses NaN
+        ):
+            raise ValidationError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        config = self._config
+        if wait:
+            entry.waiter = Waiter(anyio.Event())
+        bound = DEFAULT_BLOCK_TIMEOUT if timeout is None else timeout
+        if config.overflow == "block":
+            await self.intake.put(entry, bound)
+        else:
+            self.intake.put_nowait(entry)
+        if self.spooler is not None and entry.spooled and config.spool_always:
+            # Durable before returning: wait for the writer's commit of this event's batch.
+            with anyio.fail_after(bound):
                 await self.spooler.commit_of(entry).wait()
+        if entry.waiter is not None:
+            with anyio.fail_after(config.wait_bound if timeout is None else timeout):
+                await entry.waiter.done.wait()
+            if entry.waiter.error is not None:
+                raise entry.waiter.error
+        return entry.message_id
 
     # -- close --------------------------------------------------------------------------------
 

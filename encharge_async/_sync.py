@@ -197,7 +197,7 @@ class Encharge:
 
     def _new_client(self) -> AsyncEncharge:
         # The one deliberate private call into AsyncEncharge: share the validated Config.
-        return AsyncEncharge._from_config(self._config)
+        return AsyncEncharge._from_config(self._config)  # noqa: SLF001
 
     def _reset_runtime(self) -> None:
         self._lock = threading.Lock()
@@ -658,12 +658,13 @@ def _close_at_exit() -> None:
     closing: list[tuple[Encharge, concurrent.futures.Future[FlushResult]]] = []
     for client in list(_started_clients):
         try:
-            closing.append((client, client._begin_close(client._atexit_timeout)))
+            # This module's own exit hook, closing the clients it started.
+            closing.append((client, client._begin_close(client._atexit_timeout)))  # noqa: SLF001
         except Exception:  # pragma: no cover - defensive: exit must go on
             logger.exception("closing %r at exit failed", client)
     for client, future in closing:
         try:
-            result = client._finish_close(future, client._atexit_timeout)
+            result = client._finish_close(future, client._atexit_timeout)  # noqa: SLF001
         except Exception:
             logger.exception("closing %r at exit failed", client)
         else:
@@ -675,7 +676,7 @@ def _reset_after_fork() -> None:  # pragma: no cover - runs in forked children
     _atexit_lock = threading.Lock()
     _started_clients.clear()
     for client in list(_all_clients):
-        client._after_fork_in_child()
+        client._after_fork_in_child()  # noqa: SLF001 - this module's own fork hook
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - absent only on Windows

@@ -86,7 +86,7 @@ def instrument(
         histogram.record(seconds, labels)
 
     # The one place outside the pipeline that hears of each delivery (deliberate).
-    remove_listener = client._add_delivery_listener(on_delivered)
+    remove_listener = client._add_delivery_listener(on_delivered)  # noqa: SLF001
 
     def uninstrument() -> None:
         nonlocal stopped
