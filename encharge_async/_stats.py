@@ -11,8 +11,9 @@ __all__ = ["FlushResult", "Stats"]
 class Stats:
     """Counters since the client was created (or since `os.fork()`, in a child process).
 
-    `enqueued` counts accepted events; each one ends as `delivered`, `failed` or `dropped`,
-    or is still `queued` (waiting, including between retries) or `in_flight`.
+    `enqueued` counts every call that returned a message id (an event refused at the door
+    by a full queue included); each one ends as `delivered`, `failed` or `dropped`, or is
+    still `queued` (waiting, including between retries), `in_flight` or in the spool.
     `retried` counts retry attempts; `queued_bytes` is the serialised size of `queued`.
     `spooled` counts the events held by the spool (0 without one); those of this process
     that are not also in memory count in it and not in `queued`.
