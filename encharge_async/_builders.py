@@ -17,7 +17,7 @@ from . import _json
 from ._constants import MAX_MESSAGE_ID_CHARS
 from ._events import Entry
 from ._exceptions import ValidationError
-from ._ordering import lanes_of, ordering_keys
+from ._ordering import ordering_lanes, person_lanes
 
 __all__ = [
     "build_alias",
@@ -125,7 +125,7 @@ def _finish(name: str, wire: dict[str, Any], max_bytes: int, message_id: str | N
         raise _too_large(name, body, max_bytes)
     if message_id is not None:
         check_message_id(message_id)
-    return Entry(name, body, lanes_of(ordering_keys(wire)), message_id)
+    return Entry(name, body, ordering_lanes(wire), message_id)
 
 
 def entry_from_wire(name: str, body: bytes, message_id: str, attempts: int) -> Entry:
@@ -141,7 +141,7 @@ def entry_from_wire(name: str, body: bytes, message_id: str, attempts: int) -> E
         raise ValidationError(f"event {message_id}: its body is not valid JSON") from None
     if not isinstance(wire, dict):
         raise ValidationError(f"event {message_id}: its body is not a JSON object")
-    lanes = lanes_of(ordering_keys(wire))
+    lanes = ordering_lanes(wire)
     if not lanes and wire.get("type") != "group":
         raise ValidationError(f"event {message_id}: its body names no person")
     return Entry(name, body, lanes, message_id, attempts)
@@ -190,12 +190,14 @@ def build_track(
     ):
         # The usual call (both identifiers, as strings), without the call into `_person`.
         person: dict[str, Any] = {"email": email, "userId": user_id}
+        lanes = person_lanes(user_id, email)
     else:
         person = _person(user, email, user_id, "user")
         if "userId" not in person and "email" not in person:
             raise ValidationError(
                 f"event {name!r} needs an email or a user_id to identify the person"
             )
+        lanes = person_lanes(person.get("userId"), person.get("email"))
     wire: dict[str, Any] = {"name": name, "user": person}
     if properties is not None:
         if properties.__class__ is not dict:
@@ -209,7 +211,7 @@ def build_track(
         raise _too_large(name, body, max_bytes)
     if message_id is not None:
         check_message_id(message_id)
-    return Entry(name, body, lanes_of(ordering_keys(wire)), message_id)
+    return Entry(name, body, lanes, message_id)
 
 
 def build_identify(
