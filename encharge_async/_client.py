@@ -42,9 +42,18 @@ from ._events import Entry, Event
 from ._exceptions import ClientClosedError, EventLoopError
 from ._pipeline import Pipeline
 from ._runtime import LoopBinding, bind_current_loop
+from ._shaping import EventShaper
 from ._spool import Spool
 from ._stats import FlushResult, Stats
-from ._types import OnDelivered, OnDrop, OnError, Overflow, RetryWait, SpoolMode
+from ._types import (
+    BeforeSend,
+    OnDelivered,
+    OnDrop,
+    OnError,
+    Overflow,
+    RetryWait,
+    SpoolMode,
+)
 
 __all__ = ["AsyncEncharge", "ClientState"]
 
@@ -98,6 +107,9 @@ class AsyncEncharge:
         spool_after: float = DEFAULT_SPOOL_AFTER,
         spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
         spool_max_age: float = DEFAULT_SPOOL_MAX_AGE,
+        before_send: BeforeSend | None = None,
+        default_properties: Mapping[str, Any] | None = None,
+        disabled: bool | None = None,
     ) -> None:
         self._configure(
             Config.create(
@@ -122,6 +134,9 @@ class AsyncEncharge:
                 spool_after=spool_after,
                 spool_max_bytes=spool_max_bytes,
                 spool_max_age=spool_max_age,
+                before_send=before_send,
+                default_properties=default_properties,
+                disabled=disabled,
             )
         )
 
@@ -136,7 +151,23 @@ class AsyncEncharge:
         self._config = config
         self._max_event_bytes = config.max_event_bytes
         # Whether track() etc. may queue and return without awaiting anything.
-        self._never_blocks = config.overflow != "block" and not config.spool_always
+        self._never_blocks = config.disabled or (
+            config.overflow != "block" and not config.spool_always
+        )
+        shaper = (
+            EventShaper(
+                max_bytes=config.max_event_bytes,
+                before_send=config.before_send,
+                default_properties=config.default_properties,
+            )
+            if config.before_send is not None or config.default_properties is not None
+            else None
+        )
+        # The builders, or the shaper's (the same signatures): no cost without shaping.
+        self._build_track = build_track if shaper is None else shaper.track
+        self._build_identify = build_identify if shaper is None else shaper.identify
+        self._build_alias = build_alias if shaper is None else shaper.alias
+        self._build_group = build_group if shaper is None else shaper.group
         self._state = ClientState.UNOPENED
         self._close_result: FlushResult | None = None
         self._closed: anyio.Event | None = None
@@ -158,6 +189,11 @@ class AsyncEncharge:
             EventLoopError: the client runs on another event loop.
             SpoolError: the spool cannot be used (SpoolLockedError: another process has it).
         """
+        if self._config.disabled:  # nothing to start
+            if self._state is not ClientState.UNOPENED:
+                raise ClientClosedError(f"the client is {self._state.value}; create a new one")
+            await anyio.lowlevel.checkpoint()
+            return self
         self._enter()
         error = await self._pipeline.open_spool()
         if error is not None:
@@ -220,7 +256,7 @@ class AsyncEncharge:
             DeliveryError: with `wait=True`, the event was refused or given up on.
             TimeoutError: with `wait=True`, no outcome within `timeout`.
         """
-        event = build_track(
+        event = self._build_track(
             name, email, user_id, user, properties, source_ip, self._max_event_bytes, message_id
         )
         if not wait and self._never_blocks:
@@ -242,7 +278,7 @@ class AsyncEncharge:
 
         Raises the same errors as `track`.
         """
-        event = build_identify(
+        event = self._build_identify(
             email=email,
             user_id=user_id,
             user=user,
@@ -270,7 +306,7 @@ class AsyncEncharge:
         It is delivered after everything queued before it for the previous identifiers, and
         before everything queued after it for the new ones. Raises the same errors as `track`.
         """
-        event = build_alias(
+        event = self._build_alias(
             previous_email=previous_email,
             previous_user_id=previous_user_id,
             email=email,
@@ -301,7 +337,7 @@ class AsyncEncharge:
         given by `email` / `user_id` / `user` is associated with it. Raises the same errors
         as `track`.
         """
-        event = build_group(
+        event = self._build_group(
             object_type,
             properties,
             email=email,
@@ -337,7 +373,7 @@ class AsyncEncharge:
             EventLoopError: called from a different event loop, or before the client was
                 started when no loop is running.
         """
-        event = build_track(
+        event = self._build_track(
             name, email, user_id, user, properties, source_ip, self._max_event_bytes, message_id
         )
         self._intake.put_nowait(event)
@@ -352,7 +388,7 @@ class AsyncEncharge:
         message_id: str | None = None,
     ) -> str:
         """`identify` for plain functions; raises like `track_nowait`."""
-        event = build_identify(
+        event = self._build_identify(
             email=email,
             user_id=user_id,
             user=user,
@@ -372,7 +408,7 @@ class AsyncEncharge:
         message_id: str | None = None,
     ) -> str:
         """`alias` for plain functions; raises like `track_nowait`."""
-        event = build_alias(
+        event = self._build_alias(
             previous_email=previous_email,
             previous_user_id=previous_user_id,
             email=email,
@@ -394,7 +430,7 @@ class AsyncEncharge:
         message_id: str | None = None,
     ) -> str:
         """`group` for plain functions; raises like `track_nowait`."""
-        event = build_group(
+        event = self._build_group(
             object_type,
             properties,
             email=email,
@@ -446,6 +482,7 @@ class AsyncEncharge:
             return self._close_result or FlushResult()
         if self._state is ClientState.UNOPENED:
             self._state = ClientState.CLOSED
+            self._intake.close()
             self._close_result = FlushResult()
             await self._pipeline.dispatcher.aclose()  # the user's transport, if any
             return self._close_result
@@ -483,6 +520,10 @@ class AsyncEncharge:
     # -- internals -------------------------------------------------------------------------
 
     async def _submit(self, entry: Entry, wait: bool, timeout: float | None) -> str:
+        if self._config.disabled:  # validated; there is nothing to wait for
+            self._intake.put_nowait(entry)
+            await anyio.lowlevel.checkpoint()
+            return entry.message_id
         # Waiting needs the client's own loop; only a plain hand-off crosses loops.
         self._enter()
         return await self._pipeline.submit(entry, wait, timeout)

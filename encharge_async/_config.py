@@ -11,7 +11,7 @@ import inspect
 import ipaddress
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
@@ -31,17 +31,19 @@ from ._constants import (
     DEFAULT_SPOOL_MAX_BYTES,
     DEFAULT_SPOOL_MODE,
     DEFAULT_TIMEOUT,
+    DISABLED_ENV,
     ENDPOINT_ENV,
     WRITE_KEY_ENV,
 )
 from ._exceptions import ConfigurationError
-from ._types import OnDelivered, OnDrop, OnError, Overflow, RetryWait, SpoolMode
+from ._types import BeforeSend, OnDelivered, OnDrop, OnError, Overflow, RetryWait, SpoolMode
 
 if TYPE_CHECKING:
     from ._spool import Spool
 
 __all__ = [
     "Config",
+    "check_default_properties",
     "check_hook",
     "check_non_negative_int",
     "check_overflow",
@@ -49,6 +51,7 @@ __all__ = [
     "check_seconds",
     "check_spool",
     "check_spool_mode",
+    "resolve_disabled",
     "resolve_endpoint",
     "resolve_write_key",
 ]
@@ -116,6 +119,38 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def resolve_disabled(disabled: object) -> bool:
+    """`disabled=` when given (a bool), else ENCHARGE_DISABLED from the environment."""
+    if disabled is None:
+        text = os.environ.get(DISABLED_ENV, "").strip().lower()
+        if text in ("", "0", "false", "no", "off"):
+            return False
+        if text in ("1", "true", "yes", "on"):
+            return True
+        raise ConfigurationError(
+            f"{DISABLED_ENV} must be 1/true/yes/on or 0/false/no/off, got {text[:20]!r}"
+        )
+    if not isinstance(disabled, bool):
+        raise ConfigurationError(f"disabled must be True or False, got {type(disabled).__name__}")
+    return disabled
+
+
+def check_default_properties(value: object) -> Mapping[str, Any] | None:
+    """A dict of JSON values merged into every track event's properties (copied here)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise ConfigurationError("default_properties must be a dict with string keys")
+    from . import _json
+    from ._exceptions import ValidationError
+
+    try:
+        _json.dumps({"properties": value})
+    except ValidationError as exc:
+        raise ConfigurationError(f"default_properties: {exc}") from None
+    return dict(value)
 
 
 def check_positive_int(name: str, value: object) -> int:
@@ -205,6 +240,9 @@ class Config:
     spool_after: float
     spool_max_bytes: int
     spool_max_age: float
+    before_send: BeforeSend | None
+    default_properties: Mapping[str, Any] | None
+    disabled: bool
 
     @classmethod
     def create(
@@ -231,6 +269,9 @@ class Config:
         spool_after: float = DEFAULT_SPOOL_AFTER,
         spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
         spool_max_age: float = DEFAULT_SPOOL_MAX_AGE,
+        before_send: BeforeSend | None = None,
+        default_properties: Mapping[str, Any] | None = None,
+        disabled: bool | None = None,
     ) -> Config:
         """Validate every option (the client constructors' keywords) into a `Config`.
 
@@ -252,8 +293,10 @@ class Config:
             raise ConfigurationError(
                 f"retry_wait must be callable, got {type(retry_wait).__name__}"
             )
+        off = resolve_disabled(disabled)
         return cls(
-            write_key=resolve_write_key(write_key),
+            # Switched off, a client needs no key (it never sends); one given is still checked.
+            write_key="" if off and write_key is None else resolve_write_key(write_key),
             url=resolve_endpoint(endpoint),
             max_queue_size=check_positive_int("max_queue_size", max_queue_size),
             max_queue_bytes=queue_bytes,
@@ -274,6 +317,9 @@ class Config:
             spool_after=check_seconds("spool_after", spool_after),
             spool_max_bytes=check_positive_int("spool_max_bytes", spool_max_bytes),
             spool_max_age=check_seconds("spool_max_age", spool_max_age),
+            before_send=check_hook("before_send", before_send),
+            default_properties=check_default_properties(default_properties),
+            disabled=off,
         )
 
     @property

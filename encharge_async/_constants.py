@@ -7,6 +7,8 @@ from typing import Final
 DEFAULT_ENDPOINT: Final = "https://ingest.encharge.io/v1/"
 WRITE_KEY_ENV: Final = "ENCHARGE_WRITE_KEY"
 ENDPOINT_ENV: Final = "ENCHARGE_INGEST_URL"
+# Set to 1 (true, yes, on) to switch every client off: nothing is sent (disabled=True).
+DISABLED_ENV: Final = "ENCHARGE_DISABLED"
 
 # Queue bounds: whichever is reached first applies.
 DEFAULT_MAX_QUEUE_SIZE: Final = 10_000

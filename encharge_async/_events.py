@@ -23,6 +23,7 @@ __all__ = [
     "DELIVERED",
     "DROPPED",
     "FAILED",
+    "FILTERED",
     "IN_FLIGHT",
     "QUEUED",
     "Entry",
@@ -37,6 +38,8 @@ IN_FLIGHT: Final = 1
 DELIVERED: Final = 2
 FAILED: Final = 3
 DROPPED: Final = 4
+# Never queued: `before_send` filtered it out.
+FILTERED: Final = 5
 
 
 def _message_id_prefix() -> str:

@@ -14,14 +14,14 @@ from threading import get_ident
 
 import anyio
 
-from ._events import DROPPED, Entry
-from ._exceptions import QueueFullError
+from ._events import DROPPED, FILTERED, Entry
+from ._exceptions import ClientClosedError, QueueFullError
 from ._ledger import Ledger
 from ._queue import DeliveryQueue
 from ._runtime import LoopBinding
 from ._types import DropReason, Overflow
 
-__all__ = ["Intake"]
+__all__ = ["DisabledIntake", "Intake", "ShapedIntake"]
 
 
 class Intake:
@@ -165,3 +165,30 @@ class Intake:
 
 def _never() -> bool:
     return False
+
+
+class ShapedIntake(Intake):
+    """With `before_send`: events it filtered out are counted here and go no further."""
+
+    def put_nowait(self, entry: Entry) -> None:
+        if entry.state == FILTERED:
+            self._ledger.filtered += 1
+            return
+        super().put_nowait(entry)
+
+    async def put(self, entry: Entry, timeout: float) -> None:
+        if entry.state == FILTERED:
+            self._ledger.filtered += 1
+            return
+        await super().put(entry, timeout)
+
+
+class DisabledIntake(Intake):
+    """`disabled=True`: events were validated by the builders; nothing is queued or sent."""
+
+    def put_nowait(self, entry: Entry) -> None:
+        if not self.accepting:
+            raise ClientClosedError("the client is closed; create a new one")
+
+    async def put(self, entry: Entry, timeout: float) -> None:
+        self.put_nowait(entry)

@@ -65,6 +65,7 @@ class Ledger:
         self._on_error = on_error
         self._on_drop = on_drop
         self.delivered = self.failed = self.dropped = self.retried = 0
+        self.filtered = 0  # by before_send: never queued
         self._flush_waiters: list[FlushWaiter] = []
         # Called with (event, seconds from its first attempt) as each event is delivered.
         self.delivery_listeners: list[Callable[[Event, float], None]] = []

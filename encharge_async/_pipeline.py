@@ -21,9 +21,9 @@ import anyio
 from ._config import Config
 from ._constants import DEFAULT_BLOCK_TIMEOUT, TRANSPORT_CLOSE_TIMEOUT
 from ._dispatcher import Dispatcher
-from ._events import Entry, Waiter
+from ._events import FILTERED, Entry, Waiter
 from ._exceptions import ValidationError
-from ._intake import Intake
+from ._intake import DisabledIntake, Intake, ShapedIntake
 from ._ledger import Ledger
 from ._queue import DeliveryQueue
 from ._retry import RetryPolicy, default_wait
@@ -60,7 +60,10 @@ class Pipeline:
             max_retry_time=config.max_retry_time,
         )
         self.dispatcher = Dispatcher(config, self.queue, self.scheduler, self.ledger, self.policy)
-        self.intake = Intake(self.queue, self.ledger, overflow=config.overflow, enter=enter)
+        door = DisabledIntake if config.disabled else ShapedIntake if config.before_send else Intake
+        self.intake = door(self.queue, self.ledger, overflow=config.overflow, enter=enter)
+        if config.disabled:
+            self.intake.accepting = True  # until closed; it never starts anything
         self.spooler: Spooler | None = None
         self._failing_since: float | None = None
         self._binding: LoopBinding | None = None
@@ -158,6 +161,7 @@ class Pipeline:
             in_flight=len(queue.in_flight),
             queued_bytes=queue.bytes,
             spooled=self.spooler.count if self.spooler is not None else 0,
+            filtered=ledger.filtered,
         )
 
     def outstanding(self) -> int:
@@ -186,6 +190,9 @@ class Pipeline:
         ):
             raise ValidationError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         config = self._config
+        if entry.state == FILTERED:  # before_send said no: counted, never queued
+            self.intake.put_nowait(entry)
+            return entry.message_id
         if wait:
             entry.waiter = Waiter(anyio.Event())
         bound = DEFAULT_BLOCK_TIMEOUT if timeout is None else timeout

@@ -16,7 +16,8 @@ class Stats:
     still `queued` (waiting, including between retries), `in_flight` or in the spool.
     `retried` counts retry attempts; `queued_bytes` is the serialised size of `queued`.
     `spooled` counts the events held by the spool (0 without one); those of this process
-    that are not also in memory count in it and not in `queued`.
+    that are not also in memory count in it and not in `queued`. `filtered` counts the
+    events `before_send` filtered out (not sent, not in `enqueued`).
     """
 
     enqueued: int
@@ -28,6 +29,7 @@ class Stats:
     in_flight: int
     queued_bytes: int
     spooled: int = 0
+    filtered: int = 0
 
 
 @dataclass(frozen=True, slots=True)

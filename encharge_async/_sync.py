@@ -46,7 +46,15 @@ from ._constants import (
 from ._exceptions import ClientClosedError, EventLoopError
 from ._spool import Spool
 from ._stats import FlushResult, Stats
-from ._types import OnDelivered, OnDrop, OnError, Overflow, RetryWait, SpoolMode
+from ._types import (
+    BeforeSend,
+    OnDelivered,
+    OnDrop,
+    OnError,
+    Overflow,
+    RetryWait,
+    SpoolMode,
+)
 
 __all__ = ["Encharge"]
 
@@ -157,6 +165,9 @@ class Encharge:
         spool_after: float = DEFAULT_SPOOL_AFTER,
         spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
         spool_max_age: float = DEFAULT_SPOOL_MAX_AGE,
+        before_send: BeforeSend | None = None,
+        default_properties: Mapping[str, Any] | None = None,
+        disabled: bool | None = None,
         atexit_timeout: float | None = None,
     ) -> None:
         self._config = Config.create(
@@ -181,6 +192,9 @@ class Encharge:
             spool_after=spool_after,
             spool_max_bytes=spool_max_bytes,
             spool_max_age=spool_max_age,
+            before_send=before_send,
+            default_properties=default_properties,
+            disabled=disabled,
         )
         self._client = self._new_client()
         self._overflow = self._config.overflow
@@ -410,6 +424,11 @@ class Encharge:
         """Every event method: hand the event over (`<method>_nowait` validates it in this
         thread), or run the async method on the client's loop when the call must block."""
         client = self._client
+        if self._config.disabled:  # validated in this thread; no thread, nothing sent
+            if self._state is not _State.NEW:
+                raise ClientClosedError(f"the client is {self._state.value}; create a new one")
+            submit_disabled: Callable[..., str] = getattr(client, f"{method}_nowait")
+            return submit_disabled(*args, **keywords)
         if self._hands_over(wait):
             submit: Callable[..., str] = getattr(client, f"{method}_nowait")
             return submit(*args, **keywords)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from ._exceptions import DeliveryError
 
 __all__ = [
+    "BeforeSend",
     "DropReason",
     "OnDelivered",
     "OnDrop",
@@ -42,6 +43,7 @@ class DropReason(str, enum.Enum):
     """The event waited in the spool for longer than its `spool_max_age`."""
 
 
+BeforeSend: TypeAlias = "Callable[[dict[str, Any]], dict[str, Any] | None]"
 OnDelivered: TypeAlias = "Callable[[Event], object]"
 OnError: TypeAlias = "Callable[[DeliveryError], object]"
 OnDrop: TypeAlias = "Callable[[Event, DropReason], object]"

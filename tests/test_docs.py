@@ -534,7 +534,7 @@ def test_the_configuration_table_lists_every_keyword_with_its_default() -> None:
     sync_params = inspect.signature(Encharge).parameters
     assert list(documented) == list(async_params)
     assert list(documented) + list(extra) == list(sync_params)
-    from_env = {"write_key", "endpoint"}  # their cells name environment variables
+    from_env = {"write_key", "endpoint", "disabled"}  # their cells name environment variables
     for name, cell in [*documented.items(), *extra.items()]:
         if name not in from_env:
             assert _default(cell) == sync_params[name].default, name
