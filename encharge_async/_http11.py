@@ -553,8 +553,13 @@ def proxy_from_environment(url: httpx.URL | str) -> httpx.URL | None:
     `*` or names the host: an exact IP address, `localhost`, a domain (which covers its
     subdomains) or `.domain` (only its subdomains), each optionally with `:port`. A proxy
     given without a scheme is an http:// one.
+
+    Unlike httpx, an endpoint on this machine (`localhost`, a loopback address) never goes
+    through a proxy: no proxy can reach it, and plain http would carry the write key to it.
     """
     url = httpx.URL(url)
+    if url.host.lower() == "localhost" or _is_loopback((url.host,)):
+        return None
     proxies = urllib.request.getproxies_environment()
     if _bypassed(url, proxies.get("no", "")):
         return None

@@ -694,9 +694,13 @@ def test_unsupported_proxies_and_schemes_are_configuration_errors() -> None:
         ({"ALL_PROXY": "http://p:3", "NO_PROXY": "a.test:8443"}, "https://a.test/", "http://p:3"),
         ({"ALL_PROXY": "http://p:3", "NO_PROXY": "a.test:443"}, "https://a.test/", None),
         ({"ALL_PROXY": "http://p:3", "NO_PROXY": "ba.test"}, "https://a.test/", "http://p:3"),
-        ({"ALL_PROXY": "http://p:3", "NO_PROXY": "127.0.0.1"}, "http://127.0.0.1/", None),
-        ({"ALL_PROXY": "http://p:3", "NO_PROXY": "::1"}, "http://[::1]:80/", None),
-        ({"ALL_PROXY": "http://p:3", "NO_PROXY": "localhost"}, "http://localhost/", None),
+        ({"ALL_PROXY": "http://p:3", "NO_PROXY": "10.1.2.3"}, "http://10.1.2.3/", None),
+        ({"ALL_PROXY": "http://p:3", "NO_PROXY": "fd00::1"}, "http://[fd00::1]:80/", None),
+        ({"ALL_PROXY": "http://p:3", "NO_PROXY": "[fd00::1]"}, "http://[fd00::1]/", None),
+        # Never for this machine, NO_PROXY or not (httpx would).
+        ({"HTTP_PROXY": "http://p:1"}, "http://localhost:8080/", None),
+        ({"HTTP_PROXY": "http://p:1"}, "http://127.0.0.1:8080/", None),
+        ({"HTTP_PROXY": "http://p:1"}, "http://[::1]:8080/", None),
     ],
 )
 def test_the_proxy_comes_from_the_environment_as_in_httpx(
