@@ -868,3 +868,24 @@ def test_the_parser_agrees_with_h11(framing: tuple[bytes, set[str]], split: int)
         assert facts & LAXER_LLHTTP, data
     else:
         assert ours == reference, data
+
+
+def test_the_tunnel_and_the_peer_check_work_on_uvloop(authority: trustme.CA) -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def exchange() -> list[int]:
+        statuses = []
+        async with (
+            scripted(reply(OK), ssl_context=tls_server_context(authority)) as server,
+            connect_proxy() as proxy,
+        ):
+            transport = Http11Transport(server.url, trusting(authority), 5.0, proxy=proxy.url)
+            statuses.append((await transport.request(post()))[0])
+            await transport.aclose()
+        async with scripted(reply(OK)) as server:
+            transport = transport_for(server)
+            statuses.append((await transport.request(post()))[0])
+            await transport.aclose()
+        return statuses
+
+    assert uvloop.run(exchange()) == [200, 200]
