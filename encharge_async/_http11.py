@@ -262,8 +262,6 @@ class _Connection(asyncio.Protocol):
         self._budget = self._received + self._limit + MAX_RESPONSE_FRAMING_BYTES
 
     def on_body(self, body: bytes) -> None:
-        if self._state != _BODY:
-            return
         room = self._limit - len(self._body)
         if len(body) <= room:
             self._body += body
@@ -341,8 +339,6 @@ class _Connection(asyncio.Protocol):
 
     def _cut_short(self, complete: bool = False) -> None:
         """End the response with the body read so far (the head is what counts)."""
-        if self._state != _BODY:
-            return
         self._state = _DONE
         self._keep_alive = False
         self.complete = complete
@@ -378,7 +374,7 @@ class _Connection(asyncio.Protocol):
         self._timer = None
         if self._state == _BODY:
             self._cut_short()
-        elif self._state == _HEAD:
+        else:
             self._fail(TimeoutError("no answer within the timeout"))
 
     def _cancel_timers(self) -> None:
@@ -442,9 +438,8 @@ class _H11Parser:
                 raise httpx.RemoteProtocolError(f"malformed response: {exc}") from None
             if event is h11.NEED_DATA:
                 return
-            if event is h11.PAUSED:  # bytes after the response
-                connection.on_message_begin()
-                return
+            if event is h11.PAUSED:  # bytes after the response: not ours to parse
+                raise _Stop
             if isinstance(event, h11.InformationalResponse | h11.Response):
                 self._status = event.status_code
                 self._version = event.http_version.decode("ascii", "replace")
@@ -491,9 +486,10 @@ class _Tunnel(asyncio.Protocol):
             return
         self._buffer += data
         end = self._buffer.find(b"\r\n\r\n")
+        if max(end, len(self._buffer) if end < 0 else 0) > MAX_RESPONSE_HEAD_BYTES:
+            self.answer.set_exception(httpx.ProxyError("the proxy's answer is too large"))
+            return
         if end < 0:
-            if len(self._buffer) > MAX_RESPONSE_HEAD_BYTES:
-                self.answer.set_exception(httpx.ProxyError("the proxy's answer is too large"))
             return
         version, _, rest = bytes(self._buffer[: self._buffer.find(b"\r\n")]).partition(b" ")
         code = rest[:3]

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import h11
 import httpx
@@ -57,14 +60,24 @@ def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     return str(request.param)
 
 
-def reply(*parts: bytes, close: bool = False, pause: float = 0.0) -> Script:
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset (RST), not a FIN."""
+    writer.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+    )
+    writer.transport.abort()
+
+
+def reply(*parts: bytes, close: bool = False, pause: float = 0.0, rst: bool = False) -> Script:
     async def script(request: bytes, writer: asyncio.StreamWriter) -> None:
         for part in parts:
             writer.write(part)
             await writer.drain()
             if pause:
                 await asyncio.sleep(pause)
-        if close:
+        if rst:
+            reset(writer)
+        elif close:
             writer.close()
 
     return script
@@ -228,19 +241,23 @@ async def test_an_idle_connection_the_server_closed_is_replaced_without_an_error
 async def test_a_reused_connection_dropped_before_any_answer_is_retried_at_once(
     reset: bool,
 ) -> None:
-    async def drop(request: bytes, writer: asyncio.StreamWriter) -> None:
-        if reset:
-            writer.transport.abort()
-        else:
-            writer.close()
-
-    async with scripted(reply(OK), drop, reply(OK)) as server:
+    async with scripted(reply(OK), reply(close=True, rst=reset), reply(OK)) as server:
         transport = transport_for(server)
         assert (await transport.request(post()))[0] == 200
         assert (await transport.request(post(b"2")))[0] == 200  # no error surfaced
         await transport.aclose()
     assert server.connections == 2
     assert server.requests == [post(), post(b"2"), post(b"2")]  # same bytes: same key
+
+
+async def test_a_retry_dropped_again_is_an_error() -> None:
+    async with scripted(reply(OK), reply(close=True), reply(rst=True)) as server:
+        transport = transport_for(server)
+        assert (await transport.request(post()))[0] == 200
+        with pytest.raises(httpx.ReadError, match="lost"):
+            await transport.request(post())
+        await transport.aclose()
+    assert len(server.requests) == 3  # once on the reused connection, once more: no further
 
 
 async def test_a_new_connection_dropped_before_any_answer_is_an_error() -> None:
@@ -262,6 +279,18 @@ async def test_a_reused_connection_that_answered_in_part_is_not_retried() -> Non
     assert len(server.requests) == 2
 
 
+async def test_an_error_body_of_endless_tiny_chunks_is_cut_short() -> None:
+    head = b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\nKeep-Alive: max=5\r\n\r\n"
+    async with scripted(reply(head, *[b"1;e\r\nx\r\n" * 1000] * 40), reply(OK)) as server:
+        transport = transport_for(server, timeout=30.0)
+        status, _, body = await transport.request(post())
+        assert status == 503
+        assert 0 < len(body) < MAX_RESPONSE_BODY_BYTES  # the framing budget ran out first
+        assert (await transport.request(post()))[0] == 200
+        await transport.aclose()
+    assert server.connections == 2
+
+
 async def test_a_large_error_body_is_truncated_and_the_connection_closed() -> None:
     big = b"x" * 200_000
     head = b"HTTP/1.1 500 Oops\r\nContent-Length: %d\r\n\r\n" % len(big)
@@ -281,6 +310,7 @@ async def test_a_large_error_body_is_truncated_and_the_connection_closed() -> No
         [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}"],
         # It breaks off, or its framing is broken.
         [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}", b"CLOSE"],
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}", b"RESET"],
         [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"],
         [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nabc"],
         # It never ends: one byte per chunk, forever.
@@ -288,11 +318,13 @@ async def test_a_large_error_body_is_truncated_and_the_connection_closed() -> No
         # It is larger than needed.
         [b"HTTP/1.1 202 Accepted\r\nContent-Length: 100000\r\n\r\n", b"y" * 100_000],
     ],
-    ids=["stalls", "cut", "bad-chunk-size", "bad-chunk-end", "endless-chunks", "large"],
+    ids=["stalls", "cut", "reset", "bad-chunk-size", "bad-chunk-end", "endless-chunks", "large"],
 )
 async def test_a_2xx_counts_on_its_head_whatever_its_body_does(parts: list[bytes]) -> None:
-    close = parts[-1] == b"CLOSE"
-    script = reply(*parts[:-1], close=True) if close else reply(*parts)
+    if parts[-1] in (b"CLOSE", b"RESET"):
+        script = reply(*parts[:-1], close=True, rst=parts[-1] == b"RESET")
+    else:
+        script = reply(*parts)
     async with scripted(script, reply(OK)) as server:
         transport = transport_for(server, timeout=30.0)
         status, _, body = await transport.request(post())
@@ -465,7 +497,7 @@ async def test_tls_certificates_are_verified_and_alpn_offered(authority: trustme
     assert alpn == ["http/1.1"]
 
 
-async def test_verify_takes_a_ca_bundle_path(authority: trustme.CA, tmp_path: object) -> None:
+async def test_verify_takes_a_ca_bundle_path(authority: trustme.CA, tmp_path: Path) -> None:
     with authority.cert_pem.tempfile() as bundle:
         async with scripted(reply(OK), ssl_context=tls_server_context(authority)) as server:
             transport = Http11Transport(server.url, verify=bundle)
@@ -473,6 +505,8 @@ async def test_verify_takes_a_ca_bundle_path(authority: trustme.CA, tmp_path: ob
             await transport.aclose()
     with pytest.raises(ConfigurationError, match="CA bundle"):
         create_tls_context("/nonexistent/ca.pem")
+    directory = create_tls_context(tmp_path)  # a c_rehash'ed directory of CA certificates
+    assert directory.verify_mode == ssl.CERT_REQUIRED
     context = ssl.create_default_context()
     assert create_tls_context(context) is context
 
@@ -622,20 +656,25 @@ async def connect_proxy(status: int = 200) -> AsyncIterator[ConnectProxy]:
 CREDENTIALS = b"Proxy-Authorization: Basic " + base64.b64encode(b"user:p@ss")
 
 
-async def test_https_goes_through_a_connect_tunnel(authority: trustme.CA) -> None:
+@pytest.mark.parametrize("credentials", [True, False])
+async def test_https_goes_through_a_connect_tunnel(
+    authority: trustme.CA, credentials: bool
+) -> None:
     async with (
         scripted(reply(OK), reply(OK), ssl_context=tls_server_context(authority)) as server,
         connect_proxy() as proxy,
     ):
-        transport = Http11Transport(server.url, trusting(authority), 5.0, proxy=proxy.url)
+        proxy_url = proxy.url if credentials else proxy.url.replace("user:p%40ss@", "")
+        transport = Http11Transport(server.url, trusting(authority), 5.0, proxy=proxy_url)
         assert "p@ss" not in repr(transport)
         assert "p%40ss" not in repr(transport)
         assert (await transport.request(post()))[0] == 200
         assert (await transport.request(post()))[0] == 200  # through the same tunnel
         await transport.aclose()
     target = b"127.0.0.1:%d" % server.port
+    authorization = CREDENTIALS + b"\r\n" if credentials else b""
     assert proxy.heads == [
-        b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n\r\n" % (target, target, CREDENTIALS)
+        b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (target, target, authorization)
     ]
     assert server.requests == [post(), post()]  # origin-form inside the tunnel
 
@@ -670,6 +709,34 @@ async def test_plain_http_goes_to_the_proxy_in_absolute_form() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (reply(b"HTTP/1.1 200 OK\r\n\r\nHELLO"), "before TLS"),
+        (reply(b"SSH-2.0-OpenSSH\r\n\r\n"), "malformed"),
+        (reply(close=True), "closed"),
+        (reply(b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000, b"\r\n\r\n"), "too large"),
+    ],
+    ids=["bytes-before-tls", "not-http", "closes", "too-large"],
+)
+async def test_a_misbehaving_proxy_is_a_proxy_error(answer: Script, error: str) -> None:
+    async with scripted(answer) as proxy:
+        proxy_url = proxy.url.removesuffix("/v1/")
+        transport = Http11Transport("https://127.0.0.1:9/v1/", proxy=proxy_url, verify=False)
+        with pytest.raises(httpx.ProxyError, match=error):
+            await transport.request(post())
+        await transport.aclose()
+
+
+async def test_a_proxy_that_never_answers_is_a_connect_timeout() -> None:
+    async with scripted(reply(), reply()) as proxy:  # reads CONNECT, then waits for more
+        proxy_url = proxy.url.removesuffix("/v1/")
+        transport = Http11Transport("https://127.0.0.1:9/v1/", None, 0.2, proxy=proxy_url)
+        with pytest.raises(httpx.ConnectTimeout):
+            await transport.request(post())
+        await transport.aclose()
+
+
 def test_unsupported_proxies_and_schemes_are_configuration_errors() -> None:
     with pytest.raises(ConfigurationError, match="proxy scheme"):
         Http11Transport("https://example.test/", proxy="socks5://127.0.0.1:1080")
@@ -694,7 +761,7 @@ def test_unsupported_proxies_and_schemes_are_configuration_errors() -> None:
         ({"ALL_PROXY": "http://p:3", "NO_PROXY": "a.test:8443"}, "https://a.test/", "http://p:3"),
         ({"ALL_PROXY": "http://p:3", "NO_PROXY": "a.test:443"}, "https://a.test/", None),
         ({"ALL_PROXY": "http://p:3", "NO_PROXY": "ba.test"}, "https://a.test/", "http://p:3"),
-        ({"ALL_PROXY": "http://p:3", "NO_PROXY": "10.1.2.3"}, "http://10.1.2.3/", None),
+        ({"ALL_PROXY": "http://p:3", "NO_PROXY": "a:x, 10.1.2.3"}, "http://10.1.2.3/", None),
         ({"ALL_PROXY": "http://p:3", "NO_PROXY": "fd00::1"}, "http://[fd00::1]:80/", None),
         ({"ALL_PROXY": "http://p:3", "NO_PROXY": "[fd00::1]"}, "http://[fd00::1]/", None),
         # Never for this machine, NO_PROXY or not (httpx would).
