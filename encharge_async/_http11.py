@@ -604,8 +604,9 @@ def _is_loopback(peername: object) -> bool:
     return address.is_loopback
 
 
-def _authority(host: str, port: int) -> bytes:
-    return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode("idna")
+def _authority(raw_host: bytes, port: int) -> bytes:
+    """`host:port` as a request target names it (IDNA-encoded, IPv6 in brackets)."""
+    return b"[%s]:%d" % (raw_host, port) if b":" in raw_host else b"%s:%d" % (raw_host, port)
 
 
 # -- the transport -------------------------------------------------------------------------------
@@ -646,6 +647,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         if url.scheme not in ("http", "https"):
             raise ConfigurationError(f"unsupported URL scheme {url.scheme!r}")
         self._host = url.host
+        self._raw_host = url.raw_host
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._secure = url.scheme == "https"
         self._ssl: ssl.SSLContext | None = None
@@ -670,7 +672,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
                     b"Proxy-Authorization: Basic " + base64.b64encode(credentials) + b"\r\n"
                 )
             if not self._secure:
-                self._origin = b"http://" + _authority(self._host, self._port)
+                self._origin = b"http://" + _authority(self._raw_host, self._port)
         self._connection: _Connection | None = None
         self._closed = False
 
@@ -798,7 +800,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
     async def _through(self, transport: asyncio.Transport, tunnel: _Tunnel) -> _Connection:
         """CONNECT through the proxy, then TLS with the endpoint over that tunnel."""
         assert self._ssl is not None
-        target = _authority(self._host, self._port)
+        target = _authority(self._raw_host, self._port)
         transport.write(
             b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (target, target, self._proxy_header)
         )

@@ -679,15 +679,24 @@ async def test_https_goes_through_a_connect_tunnel(
     assert server.requests == [post(), post()]  # origin-form inside the tunnel
 
 
-async def test_a_proxy_refusing_the_tunnel_is_a_proxy_error(authority: trustme.CA) -> None:
+@pytest.mark.parametrize(
+    ("endpoint", "target"),
+    [
+        ("https://127.0.0.1:9/v1/", b"127.0.0.1:9"),
+        ("https://m\u00fcnchen.test/v1/", b"xn--mnchen-3ya.test:443"),
+        ("https://[::1]:8443/v1/", b"[::1]:8443"),
+    ],
+)
+async def test_a_proxy_refusing_the_tunnel_is_a_proxy_error(
+    authority: trustme.CA, endpoint: str, target: bytes
+) -> None:
     async with connect_proxy(status=407) as proxy:
-        transport = Http11Transport(
-            "https://127.0.0.1:9/v1/", trusting(authority), 5.0, proxy=proxy.url
-        )
+        transport = Http11Transport(endpoint, trusting(authority), 5.0, proxy=proxy.url)
         with pytest.raises(httpx.ProxyError, match="407") as caught:
             await transport.request(post())
         await transport.aclose()
     assert "p@ss" not in str(caught.value)
+    assert proxy.heads[0].startswith(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n" % (target, target))
 
 
 async def test_plain_http_goes_to_the_proxy_in_absolute_form() -> None:
