@@ -85,3 +85,17 @@ EMULATOR_INSPECT_TOKEN_ENV: Final = "ENCHARGE_EMULATOR_INSPECT_TOKEN"
 # A line (a CSV record) longer than this is dead-lettered by reference (size and prefix),
 # never read whole: no event can be larger than the client's own limit anyway.
 CLI_MAX_LINE_BYTES: Final = DEFAULT_MAX_EVENT_BYTES
+
+# -- The default asyncio transport (_http11): body limits, grace, idle expiry ------------------
+
+# A 2xx counts once its head arrived: its body (Encharge's is a few bytes) is read for at most
+# this many seconds and bytes more, then the connection is closed rather than waited on.
+SUCCESS_BODY_GRACE: Final = 0.5
+SUCCESS_BODY_BYTES: Final = 4 * 1024
+# Bytes of framing (chunk sizes, extensions, trailers) a response may carry beyond its kept
+# body before the transport stops reading it: an endless stream of tiny chunks costs CPU.
+MAX_RESPONSE_FRAMING_BYTES: Final = 64 * 1024
+# An idle keep-alive connection older than this is not reused (httpx's keepalive_expiry);
+# nor is one older than the server's `Keep-Alive: timeout=N` minus the margin.
+DEFAULT_KEEPALIVE_EXPIRY: Final = 5.0
+KEEPALIVE_TIMEOUT_MARGIN: Final = 1.0

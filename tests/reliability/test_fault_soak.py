@@ -3,7 +3,8 @@
 The emulator runs in a child process (so it does not share the client's core) with, per
 request: 5% 429 with `Retry-After: 0`, 20% 5xx, 2% cut connections (the drop mode alternates
 between "before" and "after" every 50 ms), 0.1% of accepted events answered with a body that
-stalls past the client's timeout, and 0-4 ms of random latency. The client retries fast.
+stalls past the client's timeout (the 200's head arrives: the default transport counts the
+event as delivered, issue 12), and 0-4 ms of random latency. The client retries fast.
 
 Checked: every message id `track()` returned was accepted (none lost); per person, the
 order of first arrival is the order of enqueueing; every duplicate is explained by an
@@ -49,14 +50,14 @@ FAULTS: dict[str, Any] = {
     "error_rate": RATE_5XX / (1 - RATE_429),
     "drop_rate": RATE_DROP / (1 - RATE_429 - RATE_5XX),
     "latency": [0.0, 0.004],
-    "slow_body": 1.0,  # longer than the client's timeout: the client never sees the 200
+    "slow_body": 1.0,  # longer than the client's timeout; the 200's head is what counts
     "slow_body_rate": 0.001,
     "flip_drop_mode_every": 0.05,
 }
 CLIENT_TIMEOUT = 0.5
 SOAK_DEADLINE = 90.0  # bound on the whole delivery; it takes ~15 s
 
-AMBIGUOUS_FAULTS = ("drop_after", "slow_body")
+AMBIGUOUS_FAULTS = ("drop_after",)
 
 
 def _person(n: int) -> str:
@@ -158,16 +159,17 @@ async def test_fault_soak_loses_nothing_keeps_order_and_explains_duplicates(
             ambiguous[record["idempotency_key"]][record["fault"]] += 1
     for key, count in copies.items():
         extra = count - 1
-        cut, stalled = ambiguous[key]["drop_after"], ambiguous[key]["slow_body"]
-        # Each copy whose answer was lost was followed by another accepted copy...
-        assert extra >= cut + stalled, f"{key}: an ambiguous failure was not retried"
+        cut = ambiguous[key]["drop_after"]
+        # Each copy whose answer was lost was followed by another accepted copy (a 200 whose
+        # body stalls is not lost: its head arrived)...
+        assert extra >= cut, f"{key}: an ambiguous failure was not retried"
         # ...and each extra copy follows a copy whose answer was lost.
         assert extra <= cut + timeouts[key], f"{key}: unexplained duplicate"
-    # The last accepted copy of every event is one whose answer the client got.
+    # The last accepted copy of every event is one whose answer (head) the client got.
     last: dict[str, dict[str, Any]] = {}
     for record in sorted(records, key=lambda r: r["seq"]):
         last[record["idempotency_key"]] = record
-    assert all(record["fault"] is None for record in last.values())
+    assert all(record["fault"] in (None, "slow_body") for record in last.values())
 
     faults = emulator_stats["faults"]
     duplicates = sum(copies.values()) - len(copies)

@@ -167,8 +167,11 @@ async def test_the_write_key_leaks_nowhere(
                 faults.drop_mode = "after"  # cut after recording
                 assert isinstance(await send("cut-after"), UNDELIVERED)
                 faults.clear()
-                faults.slow_body = 1.0  # the answer stalls past the client's timeout
+                faults.latency = 1.0  # no answer within the client's timeout
                 assert isinstance(await send("timeout"), UNDELIVERED)
+                faults.clear()
+                faults.slow_body = 1.0  # a 200 whose body stalls: its head counts
+                assert isinstance(await send("slow-body"), str)
                 faults.clear()
                 # Validation errors (the key is in the client, never in these messages).
                 for bad in (
