@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import ssl
 import weakref
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -110,6 +111,9 @@ class AsyncEncharge:
         before_send: BeforeSend | None = None,
         default_properties: Mapping[str, Any] | None = None,
         disabled: bool | None = None,
+        verify: bool | str | os.PathLike[str] | ssl.SSLContext = True,
+        proxy: str | httpx.URL | None = None,
+        trust_env: bool = True,
     ) -> None:
         self._configure(
             Config.create(
@@ -137,6 +141,9 @@ class AsyncEncharge:
                 before_send=before_send,
                 default_properties=default_properties,
                 disabled=disabled,
+                verify=verify,
+                proxy=proxy,
+                trust_env=trust_env,
             )
         )
 
@@ -187,6 +194,8 @@ class AsyncEncharge:
         Raises:
             ClientClosedError: the client was closed.
             EventLoopError: the client runs on another event loop.
+            ConfigurationError: TLS cannot be set up (the CA bundle of `verify=`,
+                `SSL_CERT_FILE` or `SSL_CERT_DIR` cannot be loaded).
             SpoolError: the spool cannot be used (SpoolLockedError: another process has it).
         """
         if self._config.disabled:  # nothing to start
@@ -195,7 +204,7 @@ class AsyncEncharge:
             await anyio.lowlevel.checkpoint()
             return self
         self._enter()
-        error = await self._pipeline.open_spool()
+        error = await self._pipeline.open()
         if error is not None:
             await self.aclose()
             raise error
@@ -538,6 +547,11 @@ class AsyncEncharge:
             return binding
         if self._state is not ClientState.OPEN:
             raise ClientClosedError(f"the client is {self._state.value}; create a new one")
+        failure = self._pipeline.failure
+        if failure is not None:
+            raise ClientClosedError(
+                f"the client stopped delivering events ({failure}); create a new one"[:500]
+            ) from failure
         return self._check_loop()
 
     def _check_loop(self) -> LoopBinding:

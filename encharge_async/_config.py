@@ -11,6 +11,7 @@ import inspect
 import ipaddress
 import math
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -43,14 +44,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Config",
+    "check_bool",
     "check_default_properties",
     "check_hook",
     "check_non_negative_int",
     "check_overflow",
     "check_positive_int",
+    "check_proxy",
     "check_seconds",
     "check_spool",
     "check_spool_mode",
+    "check_verify",
     "resolve_disabled",
     "resolve_endpoint",
     "resolve_write_key",
@@ -153,6 +157,37 @@ def check_default_properties(value: object) -> Mapping[str, Any] | None:
     return dict(value)
 
 
+def check_verify(verify: object) -> bool | str | os.PathLike[str] | ssl.SSLContext:
+    """`verify=`: True (the CA bundle), False (no verification), a CA bundle path, a context."""
+    if isinstance(verify, (bool, str, os.PathLike, ssl.SSLContext)):
+        return verify
+    raise ConfigurationError(
+        "verify must be True, False, a CA bundle path or an ssl.SSLContext, "
+        f"got {type(verify).__name__}"
+    )
+
+
+def check_proxy(proxy: object) -> httpx.URL | None:
+    """`proxy=`: an http:// proxy URL (its credentials, if any, never shown)."""
+    if proxy is None:
+        return None
+    try:
+        url = httpx.URL(proxy)  # type: ignore[arg-type]
+    except (TypeError, httpx.InvalidURL):
+        raise ConfigurationError("proxy must be a URL such as http://proxy.example:3128") from None
+    if url.scheme not in ("http", "https", "socks5", "socks5h") or not url.host:
+        raise ConfigurationError(
+            f"proxy must be an http://, https:// or socks5:// URL, got scheme {url.scheme[:20]!r}"
+        )
+    return url
+
+
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {type(value).__name__}")
+    return value
+
+
 def check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
@@ -243,6 +278,9 @@ class Config:
     before_send: BeforeSend | None
     default_properties: Mapping[str, Any] | None
     disabled: bool
+    verify: bool | str | os.PathLike[str] | ssl.SSLContext
+    proxy: httpx.URL | None = dataclasses.field(repr=False)
+    trust_env: bool
 
     @classmethod
     def create(
@@ -272,6 +310,9 @@ class Config:
         before_send: BeforeSend | None = None,
         default_properties: Mapping[str, Any] | None = None,
         disabled: bool | None = None,
+        verify: bool | str | os.PathLike[str] | ssl.SSLContext = True,
+        proxy: str | httpx.URL | None = None,
+        trust_env: bool = True,
     ) -> Config:
         """Validate every option (the client constructors' keywords) into a `Config`.
 
@@ -320,6 +361,9 @@ class Config:
             before_send=check_hook("before_send", before_send),
             default_properties=check_default_properties(default_properties),
             disabled=off,
+            verify=check_verify(verify),
+            proxy=check_proxy(proxy),
+            trust_env=check_bool("trust_env", trust_env),
         )
 
     @property

@@ -9,6 +9,7 @@ to the scheduler, as `RetryPolicy.decide` says.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from collections.abc import Callable
 
@@ -18,8 +19,13 @@ import httpx
 from ._config import Config
 from ._constants import TRANSPORT_CLOSE_TIMEOUT
 from ._events import DROPPED, IN_FLIGHT, Entry
-from ._exceptions import DeliveryError
-from ._http11 import Http11Transport, httpx_is_mocked
+from ._exceptions import ConfigurationError, DeliveryError
+from ._http11 import (
+    Http11Transport,
+    create_tls_context,
+    httpx_is_mocked,
+    proxy_from_environment,
+)
 from ._ledger import Ledger
 from ._queue import DeliveryQueue
 from ._retry import Attempt, Failure, GiveUp, RetryPolicy
@@ -39,15 +45,22 @@ def _ignore(now: float) -> None:
     return None
 
 
-async def _load_ssl_context() -> ssl.SSLContext:
+async def _load_tls_context(
+    verify: bool | str | os.PathLike[str] | ssl.SSLContext,
+) -> ssl.SSLContext:
     """Load the CA bundle (~20 ms) in a thread, off the event loop, when threads may start.
 
     At interpreter exit (an atexit flush) Python refuses new threads: load it inline then.
+
+    Raises:
+        ConfigurationError: the CA bundle cannot be loaded (naming where it was looked for).
     """
     try:
-        return await anyio.to_thread.run_sync(httpx.create_ssl_context)
-    except RuntimeError:
-        return httpx.create_ssl_context()
+        return await anyio.to_thread.run_sync(create_tls_context, verify)
+    except RuntimeError as exc:
+        if isinstance(exc, ConfigurationError):  # pragma: no cover - not a RuntimeError
+            raise
+        return create_tls_context(verify)
 
 
 class Dispatcher:
@@ -68,6 +81,8 @@ class Dispatcher:
         self._policy = policy
         self._transports: list[httpx.AsyncBaseTransport] = []
         self._ssl_context: ssl.SSLContext | None = None
+        self._proxy: httpx.URL | None = None
+        self._prepared = False
         self._backend = "asyncio"
         # Set by the spool bridge: is there somewhere to keep events that keep failing, and
         # the endpoint's health (it spills to disk during an outage).
@@ -81,10 +96,21 @@ class Dispatcher:
         return tuple(self._transports)
 
     async def prepare(self, backend: str) -> None:
-        """Get ready to send on `backend` (loads the CA bundle for the default transport)."""
+        """Get ready to send on `backend`: the TLS context and the proxy (once).
+
+        Raises:
+            ConfigurationError: the CA bundle cannot be loaded.
+        """
+        if self._prepared:
+            return
         self._backend = backend
-        if self._config.transport is None:
-            self._ssl_context = await _load_ssl_context()
+        config = self._config
+        if config.transport is None:
+            self._ssl_context = await _load_tls_context(config.verify)
+            self._proxy = config.proxy or (
+                proxy_from_environment(config.url) if config.trust_env else None
+            )
+        self._prepared = True
 
     async def run(self) -> None:
         """Run the workers until cancelled."""
@@ -110,12 +136,20 @@ class Dispatcher:
         if transport is not None:
             if not self._transports:
                 self._transports.append(transport)
-        elif self._backend == "asyncio" and not httpx_is_mocked():
-            transport = Http11Transport(config.url, self._ssl_context, config.timeout)
+        elif (
+            self._backend == "asyncio"
+            and not httpx_is_mocked()
+            and (self._proxy is None or self._proxy.scheme == "http")
+        ):
+            transport = Http11Transport(
+                config.url, self._ssl_context, config.timeout, proxy=self._proxy
+            )
             self._transports.append(transport)
-        else:
+        else:  # trio, a mocked httpx, or a proxy only httpx speaks (https://, socks5://)
             transport = httpx.AsyncHTTPTransport(
                 verify=self._ssl_context or True,
+                proxy=self._proxy,
+                trust_env=False,
                 limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             )
             self._transports.append(transport)

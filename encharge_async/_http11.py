@@ -522,7 +522,18 @@ def create_tls_context(
     if isinstance(verify, ssl.SSLContext):
         context = verify
     elif verify is True:
-        context = httpx.create_ssl_context()
+        try:
+            context = httpx.create_ssl_context()
+        except (OSError, ssl.SSLError) as exc:
+            variables = [
+                f"{name}={os.environ[name]!r}"[:200]
+                for name in ("SSL_CERT_FILE", "SSL_CERT_DIR")
+                if os.environ.get(name)
+            ]
+            where = " and ".join(variables) or "certifi's bundle"
+            raise ConfigurationError(
+                f"could not load the CA certificates from {where}: {exc}"
+            ) from None
     elif verify is False:
         context = ssl.create_default_context()
         context.check_hostname = False

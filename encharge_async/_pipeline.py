@@ -22,14 +22,14 @@ from ._config import Config
 from ._constants import DEFAULT_BLOCK_TIMEOUT, TRANSPORT_CLOSE_TIMEOUT
 from ._dispatcher import Dispatcher
 from ._events import FILTERED, Entry, Waiter
-from ._exceptions import ValidationError
+from ._exceptions import ConfigurationError, DeliveryError, ValidationError
 from ._intake import DisabledIntake, Intake, ShapedIntake
 from ._ledger import Ledger
 from ._queue import DeliveryQueue
 from ._retry import RetryPolicy, default_wait
 from ._runtime import LoopBinding
 from ._scheduler import Scheduler
-from ._spool import SpoolError, SpoolLimits
+from ._spool import SpoolLimits
 from ._spooler import Spooler
 from ._stats import FlushResult, Stats
 from ._types import DropReason
@@ -66,6 +66,8 @@ class Pipeline:
             self.intake.accepting = True  # until closed; it never starts anything
         self.spooler: Spooler | None = None
         self._failing_since: float | None = None
+        # Why the runner stopped on its own (a broken configuration, a bug), if it did.
+        self.failure: Exception | None = None
         self._binding: LoopBinding | None = None
         self._runner_scope: anyio.CancelScope | None = None
         self._runner_done: anyio.Event | None = None
@@ -104,8 +106,14 @@ class Pipeline:
         self.intake.open(binding, threading.get_ident())
         binding.spawn(self._run)
 
-    async def open_spool(self) -> SpoolError | None:
-        """Open the spool now (from `__aenter__`); its error, if it cannot be used."""
+    async def open(self) -> Exception | None:
+        """Set up TLS and open the spool now (from `__aenter__`), so that their errors reach
+        the caller; the error, if the client cannot work."""
+        assert self._binding is not None
+        try:
+            await self.dispatcher.prepare(self._binding.backend)
+        except ConfigurationError as exc:
+            return exc
         if self.spooler is None or await self.spooler.open():
             return None
         return self.spooler.open_error
@@ -139,12 +147,31 @@ class Pipeline:
                     tg.start_soon(self.scheduler.run)
                     if self.spooler is not None:
                         tg.start_soon(self.spooler.run)
-        except Exception:  # pragma: no cover - a bug: say so rather than stall silently
-            logger.exception("the delivery runner crashed; events are no longer delivered")
-            raise
+        except Exception as exc:
+            # Never silent: say so, fail what is queued (on_error), and refuse new events.
+            self._stopped(exc)
         finally:
             self.intake.close()
             self._runner_done.set()
+
+    def _stopped(self, exc: Exception) -> None:
+        self.failure = exc
+        self.intake.close()
+        logger.error(
+            "the client stopped delivering events: %s",
+            exc,
+            exc_info=not isinstance(exc, ConfigurationError),
+        )
+        left = self.queue.take_all()
+        self.scheduler.clear()
+        for entry in left:
+            error = DeliveryError(
+                f"not delivered: the client stopped ({type(exc).__name__}: {exc})"[:500],
+                message_id=entry.message_id,
+                attempts=entry.attempts,
+                event=entry,
+            )
+            self.ledger.record_failed(entry, error)
 
     # -- state --------------------------------------------------------------------------------
 

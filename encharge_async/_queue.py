@@ -47,7 +47,9 @@ class DeliveryQueue:
         # that have left are skipped and pruned (cheaper than an OrderedDict).
         self._order: deque[Entry] = deque()
         self._lanes: Lanes[Entry] = Lanes()
-        # Accepted, not yet admitted into the lanes; heading all their lanes; idle workers.
+        # Accepted, not yet admitted into the lanes; heading all their lanes; idle workers,
+        # the most recently idle woken first (its connection is the warmest: light traffic
+        # keeps one or two connections alive instead of cycling through all of them).
         self._incoming: deque[Entry] = deque()
         self._ready: deque[Entry] = deque()
         self._idle: deque[anyio.Event] = deque()
@@ -85,7 +87,7 @@ class DeliveryQueue:
         self.bytes += size
         self._incoming.append(entry)
         if self._idle:
-            self._idle.popleft().set()
+            self._idle.pop().set()
         return True
 
     def accept_returning(self, entry: Entry) -> None:
@@ -102,7 +104,7 @@ class DeliveryQueue:
         self.bytes += len(entry.body)
         self._incoming.append(entry)
         if self._idle:
-            self._idle.popleft().set()
+            self._idle.pop().set()
 
     def count_accepted(self, entry: Entry) -> None:
         """Number an event accepted elsewhere (the spool) in this queue's acceptance order."""
@@ -226,7 +228,7 @@ class DeliveryQueue:
     def _push_ready(self, entry: Entry) -> None:
         self._ready.append(entry)
         if self._idle:
-            self._idle.popleft().set()
+            self._idle.pop().set()
 
     # -- shutdown -------------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ class Failure(enum.Enum):
 
     NETWORK = "network"  # connect, read or write failed, or the server broke the protocol
     TIMEOUT = "timeout"
+    REFUSED = "refused"  # the client's own configuration forbids it (plain http off loopback)
     BUG = "bug"  # the transport raised something else: not worth retrying
 
 
@@ -138,7 +139,7 @@ class RetryPolicy:
         if attempt.status is not None:
             retryable = attempt.status in RETRYABLE_STATUS_CODES
         else:
-            retryable = attempt.failure is not Failure.BUG
+            retryable = attempt.failure is Failure.NETWORK or attempt.failure is Failure.TIMEOUT
         if not retryable:
             return GiveUp(attempt.reason)
         pause_all = attempt.status == 429 or (

@@ -11,6 +11,7 @@ import httpx
 
 from ._constants import ERROR_BODY_PREVIEW_CHARS, MAX_ERROR_BODY_BYTES, MAX_MESSAGE_ID_CHARS
 from ._events import Event
+from ._exceptions import ConfigurationError
 from ._http11 import Http11Transport
 from ._retry import Attempt, Failure, parse_retry_after
 from ._version import __version__
@@ -94,6 +95,8 @@ class Sender:
                     finally:
                         await response.aclose()
                 status, headers = response.status_code, response.headers.raw
+        except ConfigurationError as exc:  # e.g. plain http to a peer that is not loopback
+            return Attempt(failure=Failure.REFUSED, reason=self._scrub(str(exc)))
         except TimeoutError:
             return Attempt(
                 failure=Failure.TIMEOUT, reason=f"no answer within timeout={self._timeout:g}s"

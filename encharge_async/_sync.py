@@ -13,6 +13,7 @@ import concurrent.futures
 import enum
 import logging
 import os
+import ssl
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
@@ -168,6 +169,9 @@ class Encharge:
         before_send: BeforeSend | None = None,
         default_properties: Mapping[str, Any] | None = None,
         disabled: bool | None = None,
+        verify: bool | str | os.PathLike[str] | ssl.SSLContext = True,
+        proxy: str | httpx.URL | None = None,
+        trust_env: bool = True,
         atexit_timeout: float | None = None,
     ) -> None:
         self._config = Config.create(
@@ -195,6 +199,9 @@ class Encharge:
             before_send=before_send,
             default_properties=default_properties,
             disabled=disabled,
+            verify=verify,
+            proxy=proxy,
+            trust_env=trust_env,
         )
         self._client = self._new_client()
         self._overflow = self._config.overflow

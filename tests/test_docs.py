@@ -520,6 +520,8 @@ def _default(cell: str) -> object:
     text = cell.strip("`")
     if text == "none":
         return None
+    if text in ("True", "False"):
+        return text == "True"
     if text.startswith('"'):
         return text.strip('"')
     number, _, unit = text.partition(" ")
