@@ -165,6 +165,15 @@ async def post_all(base_url: str, paths: list[str]) -> list[dict[str, object]]:
     return [response.json() for response in responses]
 
 
+async def wait_for_refusals(emulator: Emulator, count: int) -> None:
+    """Wait until the emulator refused `count` deliveries (bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while emulator.fault_counts.get("rate_limited", 0) < count:
+        assert loop.time() < deadline, emulator.fault_counts
+        await asyncio.sleep(0.05)
+
+
 def missing(emulator: Emulator, ids: list[str]) -> set[str]:
     return set(ids) - {event.idempotency_key for event in emulator.events}
 
@@ -190,10 +199,11 @@ async def test_django_under_gunicorn_preload_with_two_workers(tmp_path: Path) ->
 
 async def test_django_asgi_under_uvicorn(tmp_path: Path) -> None:
     async with Emulator(write_key=KEY) as emulator:
-        # Every delivery is refused (429, retry in 1 s) while the views run: that they
-        # answer shows that track() hands the event over and never waits for Encharge.
+        # Every delivery is refused (429, retry in 30 s) while the views run: that they
+        # answer shows that track() hands the event over and never waits for Encharge;
+        # and only the close at shutdown (cutting the wait short) can deliver them.
         emulator.faults.rate_limited_rate = 1.0
-        emulator.faults.retry_after = 1
+        emulator.faults.retry_after = 30
         args = [sys.executable, "-m", "uvicorn", "djproj.asgi:application"]
         args += ["--host", "127.0.0.1", "--port", "0"]
         async with serve(args, emulator, r"Uvicorn running on (http://\S+)", tmp_path) as server:
@@ -203,6 +213,8 @@ async def test_django_asgi_under_uvicorn(tmp_path: Path) -> None:
             sync_answers = await post_all(
                 server.url, [f"/signup?email=s{i}@example.com" for i in range(15)]
             )
+            # One refusal is enough: a 429 pauses the client's deliveries for 30 s.
+            await wait_for_refusals(emulator, 1)
             assert not emulator.events  # nothing could be delivered yet
             emulator.faults.clear()
             # uvicorn re-raises the signal once it has shut down gracefully.
