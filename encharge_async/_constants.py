@@ -60,3 +60,7 @@ DEFAULT_SPOOL_MAX_BYTES: Final = 256 * 1024 * 1024
 DEFAULT_SPOOL_MAX_AGE: Final = 7 * 24 * 3600.0
 SPOOL_LOAD_PAGE: Final = 1000
 SPOOL_CLOSE_TIMEOUT: Final = 5.0
+
+# Serverless (integrations.serverless.flush_after): the time left to an AWS Lambda-style
+# handler after its flush, so that the flush never runs into the function's own timeout.
+SERVERLESS_TIME_MARGIN: Final = 0.5

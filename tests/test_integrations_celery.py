@@ -17,6 +17,7 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,7 +69,7 @@ TASKS_MODULE = """
     """
 
 
-def broker_app(folder: Path) -> celery.Celery:
+def broker_app(folder: Path) -> Any:
     """A client app on the same filesystem broker, to send the tasks from here."""
     app = celery.Celery("sender", broker="filesystem://")
     app.conf.broker_transport_options = {

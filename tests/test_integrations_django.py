@@ -174,8 +174,8 @@ def test_options_the_client_gains_later_pass_through(monkeypatch: pytest.MonkeyP
             inspect.Parameter("disabled", inspect.Parameter.KEYWORD_ONLY, default=False),
         ]
     )
-    monkeypatch.setattr(integration, "Encharge", type("Extended", (), {}))
-    monkeypatch.setattr(integration.Encharge, "__signature__", extended, raising=False)
+    extended_class = type("Extended", (), {"__signature__": extended})
+    monkeypatch.setattr(integration, "Encharge", extended_class)
     with override_settings(ENCHARGE={"write_key": WRITE_KEY, "disabled": True}):
         assert encharge_options() == {"write_key": WRITE_KEY, "disabled": True}
 
@@ -195,7 +195,9 @@ async def test_the_asgi_wrapper_closes_the_client_at_lifespan_shutdown(
     await app({"type": "http", "path": "/signup"}, _never, _never)
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     outbox: asyncio.Queue[Any] = asyncio.Queue()
-    task = asyncio.create_task(app({"type": "lifespan"}, inbox.get, outbox.put))
+    task: asyncio.Future[None] = asyncio.ensure_future(
+        app({"type": "lifespan"}, inbox.get, outbox.put)
+    )
     await inbox.put({"type": "lifespan.startup"})
     assert (await asyncio.wait_for(outbox.get(), 5))["type"] == "lifespan.startup.complete"
     await inbox.put({"type": "lifespan.shutdown"})
@@ -205,5 +207,5 @@ async def test_the_asgi_wrapper_closes_the_client_at_lifespan_shutdown(
     assert len(configured.events) == 1  # delivered by the close
 
 
-async def _never() -> Any:
+async def _never(*args: Any) -> Any:
     raise AssertionError("not called")  # pragma: no cover

@@ -190,7 +190,7 @@ async def test_django_under_gunicorn_preload_with_two_workers(tmp_path: Path) ->
         ids = [str(answer["message_id"]) for answer in answers]
         assert not missing(emulator, ids), f"events lost at shutdown:\n{server.log()}"
         assert not emulator.rejected
-        names = sorted(event.name for event in emulator.events)
+        names = sorted(str(event.name) for event in emulator.events)
         # The master's event once: the workers did not inherit its queue.
         assert names == ["Registered user"] * 20 + ["Server started"], server.log()
         booted = [line for line in server.output if "Booting worker" in line]

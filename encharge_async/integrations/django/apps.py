@@ -19,7 +19,7 @@ from . import SETTING, encharge_options
 __all__ = ["EnchargeConfig", "check_settings"]
 
 
-class EnchargeConfig(AppConfig):
+class EnchargeConfig(AppConfig):  # type: ignore[misc]  # Django ships no types
     """Registers `check_settings` with Django's system checks."""
 
     name = "encharge_async.integrations.django"
