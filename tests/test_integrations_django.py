@@ -37,7 +37,7 @@ from encharge_async.integrations.django import (
     encharge_options,
     get_encharge,
 )
-from encharge_async.integrations.django.apps import EnchargeConfig, check_settings
+from encharge_async.integrations.django.apps import _EnchargeConfig, check_settings
 from encharge_async.testing import EnchargeRecorder
 
 from .conftest import ENDPOINT, WRITE_KEY
@@ -67,7 +67,7 @@ def test_the_installed_app_is_found_by_its_module_name() -> None:
     from django.apps import apps
 
     config = apps.get_app_config("encharge_async")
-    assert isinstance(config, EnchargeConfig)
+    assert isinstance(config, _EnchargeConfig)
 
 
 def test_settings_are_the_client_options(configured: EnchargeRecorder) -> None:

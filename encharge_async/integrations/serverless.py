@@ -36,7 +36,7 @@ from .._sync import Encharge
 
 __all__ = ["flush_after"]
 
-logger = logging.getLogger("encharge_async")
+_logger = logging.getLogger("encharge_async")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -117,7 +117,7 @@ def _flush_quietly(client: Encharge, timeout: float | None) -> FlushResult | Non
     try:
         return client.flush(timeout)
     except Exception:  # the handler's outcome matters more than telemetry's
-        logger.exception("flushing the Encharge client after the handler failed")
+        _logger.exception("flushing the Encharge client after the handler failed")
         return None
 
 
@@ -129,14 +129,14 @@ async def _aflush(client: Encharge | AsyncEncharge, timeout: float | None) -> No
         try:
             result = await client.flush(timeout)
         except Exception:
-            logger.exception("flushing the Encharge client after the handler failed")
+            _logger.exception("flushing the Encharge client after the handler failed")
             result = None
     _report(result)
 
 
 def _report(result: FlushResult | None) -> None:
     if result is not None and result.pending:
-        logger.warning(
+        _logger.warning(
             "%d Encharge event(s) still pending after the flush: they wait for the next "
             "invocation (raise the flush timeout, or the function's, to deliver them now)",
             result.pending,

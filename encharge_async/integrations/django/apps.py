@@ -16,10 +16,12 @@ from ..._exceptions import ConfigurationError
 from ..._sync import Encharge
 from . import SETTING, encharge_options
 
-__all__ = ["EnchargeConfig", "check_settings"]
+__all__ = ["check_settings"]
 
 
-class EnchargeConfig(AppConfig):  # type: ignore[misc]  # Django ships no types
+# Private: Django finds it by its base class, and Django's lack of type information would
+# make it the one untyped name of this package's public interface.
+class _EnchargeConfig(AppConfig):  # type: ignore[misc]  # Django ships no types
     """Registers `check_settings` with Django's system checks."""
 
     name = "encharge_async.integrations.django"
