@@ -174,3 +174,29 @@ def test_client_and_options_are_exclusive() -> None:
     with pytest.raises(TypeError, match="either client= or"):
         setup_encharge(app, client=client, shutdown_timeout=1)
     client.close()
+
+
+def test_the_signals_close_the_client() -> None:
+    from celery.signals import worker_process_shutdown, worker_shutdown
+
+    from encharge_async import ClientClosedError
+    from encharge_async.integrations.celery import setup_encharge
+
+    app, other = celery.Celery("mine"), celery.Celery("other")
+    child = setup_encharge(app, write_key=KEY, endpoint="http://127.0.0.1:1/v1/")
+    worker_process_shutdown.send(sender="w1@localhost", pid=1, exitcode=0)
+    with pytest.raises(ClientClosedError):
+        child.track("Late", email="jon@example.com")
+
+    class Worker:  # the sender of worker_shutdown: Celery's WorkController
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+    main = setup_encharge(
+        app, write_key=KEY, endpoint="http://127.0.0.1:1/v1/", shutdown_timeout=0.5
+    )
+    worker_shutdown.send(sender=Worker(other))  # another app's worker: kept open
+    main.track("Kept", email="jon@example.com")
+    worker_shutdown.send(sender=Worker(app))
+    with pytest.raises(ClientClosedError):
+        main.track("Late", email="jon@example.com")
