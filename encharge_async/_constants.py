@@ -99,3 +99,7 @@ MAX_RESPONSE_FRAMING_BYTES: Final = 64 * 1024
 # nor is one older than the server's `Keep-Alive: timeout=N` minus the margin.
 DEFAULT_KEEPALIVE_EXPIRY: Final = 5.0
 KEEPALIVE_TIMEOUT_MARGIN: Final = 1.0
+
+# Serverless (integrations.serverless.flush_after): the time left to an AWS Lambda-style
+# handler after its flush, so that the flush never runs into the function's own timeout.
+SERVERLESS_TIME_MARGIN: Final = 0.5

@@ -558,6 +558,9 @@ def test_the_reference_documents_every_public_name() -> None:
         "encharge_async.testing",
         "encharge_async.integrations.starlette",
         "encharge_async.integrations.aiohttp",
+        "encharge_async.integrations.django",
+        "encharge_async.integrations.celery",
+        "encharge_async.integrations.serverless",
         "encharge_async.otel",
         "encharge_async.emulator",
     }

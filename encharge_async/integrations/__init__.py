@@ -2,7 +2,11 @@
 
 - `encharge_async.integrations.starlette`: Starlette and FastAPI (lifespan + dependency).
 - `encharge_async.integrations.aiohttp`: aiohttp (`cleanup_ctx` + `web.AppKey`).
-- Sync code (Flask, Django, Celery, scripts): `encharge_async.Encharge`.
+- `encharge_async.integrations.django`: Django (`settings.ENCHARGE`, `get_encharge()`).
+- `encharge_async.integrations.celery`: Celery (`setup_encharge(app)`).
+- `encharge_async.integrations.serverless`: `flush_after` for function handlers (AWS
+  Lambda), which imports no framework.
+- Other sync code (Flask, scripts): `encharge_async.Encharge`.
 
 Each module imports its framework, which is not a dependency of this package: import the
 one your app uses. See docs/integrations.md.
