@@ -45,7 +45,11 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
+# Imported here, not lazily: a module being imported by a client's starting thread when the
+# process forks leaves its import lock held in the child forever (gunicorn --preload).
+import certifi  # noqa: F401 - httpx.create_ssl_context imports it on first use
 import h11
+import httpcore
 import httpx
 
 from ._constants import (
@@ -854,8 +858,6 @@ def httpx_is_mocked() -> bool:
     """Whether a mocking library (respx, pytest-httpx) has patched httpx's or httpcore's
     transports. The client then uses httpx's transport, so that the mocks see its requests.
     """
-    import httpcore
-
     for method in (
         httpcore.AsyncConnectionPool.handle_async_request,
         httpx.AsyncHTTPTransport.handle_async_request,

@@ -521,6 +521,17 @@ class Encharge:
 
     def _start(self) -> None:
         """Start the background thread and wait until its client is open (lock held)."""
+        with _starting_changed:
+            global _starting
+            _starting += 1
+        try:
+            self._start_thread()
+        finally:
+            with _starting_changed:
+                _starting -= 1
+                _starting_changed.notify_all()
+
+    def _start_thread(self) -> None:
         start = _Start()
         thread = threading.Thread(
             target=self._thread_main,
@@ -697,13 +708,28 @@ def _close_at_exit() -> None:
             logger.debug("closed %r at exit: %s", client, result)
 
 
+# Clients whose background thread is starting: loading TLS certificates, importing. A fork
+# meanwhile would leave the child with locks held by a thread it does not have.
+_starting = 0
+_starting_changed = threading.Condition()
+
+
+def _wait_for_starting_clients() -> None:
+    """Before os.fork(): let a client that is starting finish (bounded), so that the child
+    inherits no lock held half-way by its thread (gunicorn --preload forks right after the
+    app, which may have sent its first event, was loaded)."""
+    with _starting_changed:
+        _starting_changed.wait_for(lambda: _starting == 0, timeout=_START_TIMEOUT)
+
+
 def _reset_after_fork() -> None:  # pragma: no cover - runs in forked children
-    global _atexit_lock
+    global _atexit_lock, _starting, _starting_changed
     _atexit_lock = threading.Lock()
+    _starting, _starting_changed = 0, threading.Condition()
     _started_clients.clear()
     for client in list(_all_clients):
         client._after_fork_in_child()  # noqa: SLF001 - this module's own fork hook
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - absent only on Windows
-    os.register_at_fork(after_in_child=_reset_after_fork)
+    os.register_at_fork(before=_wait_for_starting_clients, after_in_child=_reset_after_fork)

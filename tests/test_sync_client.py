@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import tenacity
@@ -698,3 +699,50 @@ async def test_exit_handler_can_open_connections_to_a_host_name() -> None:
         assert process.returncode == 0, stderr.decode()
         assert stderr == b""
         assert len(emulator.events) == 20
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.anyio
+async def test_a_fork_waits_for_a_client_that_is_starting(
+    monkeypatch: pytest.MonkeyPatch, anyio_backend: str
+) -> None:
+    """gunicorn --preload forks right after loading the app, which may have just sent its
+    first event: the fork waits (bounded) until that client's thread has started, so the
+    child inherits no lock held half-way, and its own client delivers."""
+    if anyio_backend != "asyncio":
+        pytest.skip("the emulator runs on asyncio")
+    from encharge_async import _dispatcher
+
+    real = _dispatcher.create_tls_context
+
+    def slow_tls(verify: Any) -> Any:
+        time.sleep(0.3)  # a slow CA bundle: the start is still under way when we fork
+        return real(verify)
+
+    monkeypatch.setattr(_dispatcher, "create_tls_context", slow_tls)
+    async with Emulator(write_key="k") as emulator:
+        endpoint = f"http://127.0.0.1:{emulator.port}/v1/"
+        client = Encharge("k", endpoint=endpoint, shutdown_timeout=5)
+        starter = threading.Thread(target=lambda: client.track("parent", user_id="p"))
+        starter.start()
+        with anyio.fail_after(5):
+            while _sync._starting == 0:  # noqa: ASYNC110 - until the start is under way
+                await anyio.sleep(0.001)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 3
+            try:
+                client.track("child", user_id="c")
+                code = 0 if client.close(timeout=5).delivered == 1 else 1
+            finally:
+                os._exit(code)
+        assert _sync._starting == 0  # the fork waited for the start to finish
+        with anyio.fail_after(20):
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+        starter.join(5)
+        client.close(timeout=5)
+        assert client.stats.delivered == 1
+        names = sorted(record.name for record in emulator.events)
+    assert names == ["child", "parent"]
