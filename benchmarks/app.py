@@ -70,18 +70,18 @@ def create_app(sink_url: str) -> FastAPI:
         )
         return {"ok": response.status_code == 200, "i": i}
 
-    def stats(request: Request) -> dict[str, dict[str, int]]:
+    def stats(request: Request) -> dict[str, dict[str, Any]]:
         return {
             name: dataclasses.asdict(getattr(request.app.state, name).stats)
             for name in ("encharge", "encharge_aiohttp")
         }
 
     @app.get("/_stats")
-    async def get_stats(request: Request) -> dict[str, dict[str, int]]:
+    async def get_stats(request: Request) -> dict[str, dict[str, Any]]:
         return stats(request)
 
     @app.get("/_flush")
-    async def flush(request: Request) -> dict[str, dict[str, int]]:
+    async def flush(request: Request) -> dict[str, dict[str, Any]]:
         await request.app.state.encharge.flush(timeout=_FLUSH_TIMEOUT)
         await request.app.state.encharge_aiohttp.flush(timeout=_FLUSH_TIMEOUT)
         return stats(request)

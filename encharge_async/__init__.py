@@ -19,7 +19,7 @@ from ._exceptions import (
 )
 from ._sender import USER_AGENT
 from ._spool import SpoolError, SpoolLockedError
-from ._stats import FlushResult, Stats
+from ._stats import ErrorInfo, FlushResult, Stats
 from ._sync import Encharge
 from ._types import DropReason, OnDelivered, OnDrop, OnError, Overflow, RetryWait, SpoolMode
 from ._version import __version__
@@ -33,6 +33,7 @@ __all__ = [
     "DropReason",
     "Encharge",
     "EnchargeError",
+    "ErrorInfo",
     "Event",
     "EventLoopError",
     "FlushResult",
@@ -57,7 +58,6 @@ for _name in __all__:
         if getattr(_obj, "__module__", "").startswith("encharge_async."):
             _obj.__module__ = __name__
 del _name, _obj
-
-import logging as _logging  # noqa: E402
-
-_logging.getLogger(__name__).addHandler(_logging.NullHandler())
+# No NullHandler: with no logging configured (a script, uvicorn, which configures only its
+# own loggers), the library's warnings and errors reach stderr through Python's last-resort
+# handler. Configure the "encharge_async" logger to route or silence them.

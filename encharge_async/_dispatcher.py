@@ -188,10 +188,12 @@ class Dispatcher:
         queue.landed(entry)
         now = anyio.current_time()
         if attempt.delivered:
+            self._ledger.attempt_succeeded()
             self.on_success(now)
             self._ledger.record_delivered(entry, now)
             queue.release(entry)
             return
+        self._ledger.attempt_failed(attempt.status, attempt.reason)
         verdict = self._policy.decide(entry, attempt, now, keep_trying=self.keep_trying())
         if isinstance(verdict, GiveUp):
             attempt.reason = verdict.reason

@@ -17,7 +17,7 @@ import anyio
 from ._constants import DROP_WARNING_INTERVAL
 from ._events import DELIVERED, DROPPED, FAILED, Entry, Event
 from ._exceptions import DeliveryError
-from ._stats import FlushResult
+from ._stats import ErrorInfo, FlushResult
 from ._types import DropReason, OnDelivered, OnDrop, OnError
 
 __all__ = ["FlushWaiter", "Ledger"]
@@ -51,8 +51,39 @@ class FlushWaiter:
         return FlushResult(self.delivered, self.failed, self.dropped, max(self.remaining, 0))
 
 
+class _Throttle:
+    """One log line per interval for a kind of outcome, counting what it stands for.
+
+    The first occurrence is logged at once; later ones within the interval are counted and
+    logged with the next line (or by `flush` at close), so nothing goes unreported and a
+    storm of failures is a few lines, not one per event.
+    """
+
+    __slots__ = ("_last", "_level", "_message", "latest", "pending")
+
+    def __init__(self, level: int, message: str) -> None:
+        self._level = level
+        self._message = message  # formatted with (count, latest)
+        self._last = -DROP_WARNING_INTERVAL
+        self.pending = 0
+        self.latest = ""
+
+    def note(self, latest: str) -> None:
+        self.pending += 1
+        self.latest = latest
+        now = time.monotonic()
+        if now - self._last >= DROP_WARNING_INTERVAL:
+            self._last = now
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            logger.log(self._level, self._message, self.pending, self.latest)
+            self.pending = 0
+
+
 class Ledger:
-    """Outcome counters, flush waiters and hooks of one client."""
+    """Outcome counters, flush waiters, hooks, log lines and health of one client."""
 
     def __init__(
         self,
@@ -71,8 +102,19 @@ class Ledger:
         self.delivery_listeners: list[Callable[[Event, float], None]] = []
         # Told of every event that went through the spool and ended (the spool forgets it).
         self.spool_listener: Callable[[Entry, int], None] | None = None
-        self._drops_unreported = 0
-        self._last_drop_warning = -DROP_WARNING_INTERVAL
+        self._drops = _Throttle(
+            logging.WARNING,
+            "dropped %d event(s) (latest reason: %s); see stats.dropped and on_drop",
+        )
+        self._failures = _Throttle(
+            logging.WARNING,
+            "%d event(s) failed for good and were not delivered (latest: %s); see on_error",
+        )
+        self._auth_reported = False
+        # The health view: the last failed attempt (retried or not), and since when every
+        # attempt has failed (None while the endpoint answers).
+        self.last_error: ErrorInfo | None = None
+        self.failing_since: float | None = None
 
     def add_delivery_listener(self, listener: Callable[[Event, float], None]) -> Callable[[], None]:
         """Call `listener(event, seconds since its first attempt)` as each event is
@@ -101,7 +143,7 @@ class Ledger:
         if entry.waiter is not None:
             entry.waiter.error = error
         self._finish(entry, FAILED)
-        logger.warning(
+        logger.debug(
             "%s",
             error,
             extra={
@@ -110,6 +152,16 @@ class Ledger:
                 "attempt": entry.attempts,
             },
         )
+        if error.status in (401, 403) and not self._auth_reported:
+            # Once per client: every event will fail the same way until the key is fixed.
+            self._auth_reported = True
+            logger.error(
+                "Encharge refused the write key (HTTP %d): events are not delivered. Check "
+                "that the key is the Ingest API *write* key (Encharge: Settings > Ingest API), "
+                "not the REST API key, and that it belongs to this account",
+                error.status,
+            )
+        self._failures.note(str(error)[:300])
         if self._on_error is not None:
             self._call_hook("on_error", self._on_error, error)
 
@@ -123,7 +175,7 @@ class Ledger:
                 event=entry,
             )
         self._finish(entry, DROPPED)
-        self._warn_drops(reason)
+        self._drops.note(reason.value)
         if self._on_drop is not None:
             self._call_hook("on_drop", self._on_drop, entry, reason)
 
@@ -164,18 +216,21 @@ class Ledger:
 
     # -- reporting ----------------------------------------------------------------------------
 
-    def _warn_drops(self, reason: DropReason) -> None:
-        """One warning per DROP_WARNING_INTERVAL, however many events are dropped."""
-        self._drops_unreported += 1
-        now = time.monotonic()
-        if now - self._last_drop_warning >= DROP_WARNING_INTERVAL:
-            logger.warning(
-                "dropped %d event(s) (latest reason: %s); see stats.dropped and on_drop",
-                self._drops_unreported,
-                reason.value,
-            )
-            self._drops_unreported = 0
-            self._last_drop_warning = now
+    def report_pending(self) -> None:
+        """Log what the throttled lines have counted and not said yet (at close)."""
+        self._failures.flush()
+        self._drops.flush()
+
+    # -- health -------------------------------------------------------------------------------
+
+    def attempt_failed(self, status: int | None, reason: str) -> None:
+        now = time.time()
+        self.last_error = ErrorInfo(status=status, reason=reason[:200], at=now)
+        if self.failing_since is None:
+            self.failing_since = now
+
+    def attempt_succeeded(self) -> None:
+        self.failing_since = None
 
     def _call_hook(self, name: str, hook: Any, *args: Any) -> None:
         try:

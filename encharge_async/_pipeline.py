@@ -189,6 +189,8 @@ class Pipeline:
             queued_bytes=queue.bytes,
             spooled=self.spooler.count if self.spooler is not None else 0,
             filtered=ledger.filtered,
+            last_error=ledger.last_error,
+            failing_since=ledger.failing_since,
         )
 
     def outstanding(self) -> int:
@@ -274,4 +276,5 @@ class Pipeline:
                 len(lost),
             )
         await self.dispatcher.aclose()
+        self.ledger.report_pending()
         return held

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FlushResult", "Stats"]
+__all__ = ["ErrorInfo", "FlushResult", "Stats"]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """The last failed request: its HTTP `status` (None for a network error or a timeout),
+    a short `reason` (never the write key) and when it happened (`at`, `time.time()`)."""
+
+    status: int | None
+    reason: str
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +40,13 @@ class Stats:
     queued_bytes: int
     spooled: int = 0
     filtered: int = 0
+    last_error: ErrorInfo | None = None
+    failing_since: float | None = None
+
+    @property
+    def failing(self) -> bool:
+        """Whether requests to Encharge are failing right now."""
+        return self.failing_since is not None
 
 
 @dataclass(frozen=True, slots=True)

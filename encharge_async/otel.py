@@ -52,12 +52,12 @@ def instrument(
         def callback(options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
             if stopped:
                 return []
-            return [metrics.Observation(getattr(client.stats, field), labels)]
+            return [metrics.Observation(int(getattr(client.stats, field)), labels)]
 
         return callback
 
     instruments: list[object] = []
-    for field in ("enqueued", "delivered", "failed", "dropped", "retried"):
+    for field in ("enqueued", "delivered", "failed", "dropped", "retried", "filtered"):
         instruments.append(
             meter.create_observable_counter(
                 f"encharge.events.{field}",
@@ -70,6 +70,7 @@ def instrument(
         ("encharge.queue.events", "queued", "{event}", "Events waiting to be sent"),
         ("encharge.queue.bytes", "queued_bytes", "By", "Serialised bytes waiting to be sent"),
         ("encharge.requests.in_flight", "in_flight", "{request}", "Requests in flight"),
+        ("encharge.endpoint.failing", "failing", "1", "1 while every request to Encharge fails"),
     ):
         instruments.append(
             meter.create_observable_gauge(
