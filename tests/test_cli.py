@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ import pytest
 
 from encharge_async._cli import main
 from encharge_async.emulator import Emulator
+
+from .conftest import block_until
 
 KEY = "cli-test-key"
 
@@ -343,10 +344,7 @@ def many_events(path: Path, count: int) -> Path:
 
 
 def wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+    block_until(predicate, timeout)
 
 
 def check_complete(emu: Emulator, count: int) -> None:
