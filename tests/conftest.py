@@ -101,6 +101,16 @@ async def wait_until(
         await anyio.sleep(POLL_INTERVAL)
 
 
+async def wait_drained(client: AsyncEncharge, timeout: float = 20.0) -> None:
+    """Wait until nothing is spooled, queued or in flight (a spool's backlog included)."""
+
+    def drained() -> bool:
+        stats = client.stats
+        return not (stats.spooled or stats.queued or stats.in_flight)
+
+    await wait_until(drained, timeout, what="the client drained (spool included)")
+
+
 def block_until(
     predicate: Callable[[], object], timeout: float = 5.0, *, what: str | None = None
 ) -> None:

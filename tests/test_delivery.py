@@ -188,7 +188,7 @@ async def test_max_retry_time_is_a_deadline(make_client: ClientFactory) -> None:
 
 
 async def test_default_backoff_is_full_jitter_exponential() -> None:
-    wait = encharge_async._retry.default_wait()
+    wait = encharge_async._retry.default_wait()  # white-box: the default, unit-tested
     state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
     for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (10, 30.0), (50, 30.0)]:
         state.attempt_number = attempt
@@ -333,7 +333,8 @@ async def test_default_transport_with_respx_and_tls_verification() -> None:
                 await client.track("E", user_id=i)
             await client.track("E", user_id=9, wait=True)
             await client.flush(timeout=5)
-            # One single-connection transport per worker, all verifying TLS certificates.
+            # One single-connection transport per worker, all verifying TLS certificates
+            # (white-box: the transports and their TLS settings are not public).
             assert len(client._pipeline.dispatcher.transports) == 3
             for transport in client._pipeline.dispatcher.transports:
                 assert isinstance(transport, httpx.AsyncHTTPTransport)

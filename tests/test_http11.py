@@ -312,6 +312,7 @@ async def test_the_client_uses_it_on_asyncio_unless_httpx_is_mocked() -> None:
     ):
         await client.track("E", user_id=1, wait=True, timeout=5)
         await client.track("E", user_id=2, wait=True, timeout=5)
+        # White-box: which transport the workers chose is not public.
         assert [type(t) for t in client._pipeline.dispatcher.transports] == [Http11Transport] * 2
     request = server.requests[0]
     assert b"\r\nX-Encharge-Token: " + WRITE_KEY.encode() + b"\r\n" in request

@@ -281,6 +281,7 @@ async def test_trio_and_asyncio_share_one_code_path(
 ) -> None:
     async with make_client() as client:
         await client.track("E", user_id=1, wait=True)
+        # White-box: the loop binding the client chose is not public.
         assert client._pipeline.binding is not None
         assert client._pipeline.binding.backend == anyio_backend
     assert client.stats.delivered == 1
