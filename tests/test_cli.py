@@ -361,6 +361,7 @@ def check_complete(emu: Emulator, count: int) -> None:
         assert sequence == sorted(sequence)  # per-person order kept across the resume
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_import_interrupted_then_resumed_sends_nothing_twice(
     tmp_path: Path, sig: signal.Signals
@@ -385,6 +386,7 @@ def test_import_interrupted_then_resumed_sends_nothing_twice(
         assert emu.duplicates == {}  # nothing sent twice
 
 
+@pytest.mark.slow
 def test_import_killed_then_resumed_loses_nothing(tmp_path: Path) -> None:
     count = 300
     with EmulatorThread(latency=0.01) as emu:
@@ -402,6 +404,7 @@ def test_import_killed_then_resumed_loses_nothing(tmp_path: Path) -> None:
         assert sum(emu.duplicates.values()) <= 4
 
 
+@pytest.mark.slow
 def test_demo_runs_and_prints_its_summary(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--users", "30", "--requests", "300"]) == 0
     out = capsys.readouterr().out
@@ -411,6 +414,7 @@ def test_demo_runs_and_prints_its_summary(capsys: pytest.CaptureFixture[str]) ->
     assert '"email": "user7@example.com"' in out
 
 
+@pytest.mark.slow
 def test_emulator_command(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [

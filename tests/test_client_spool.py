@@ -75,7 +75,7 @@ async def test_shutdown_keeps_undelivered_events_for_the_next_start(
     client = make_client(
         transport=held,
         spool=path,
-        shutdown_timeout=0.2,
+        shutdown_timeout=0.05,  # the held recorder never answers: kept at the deadline
         on_drop=lambda event, reason: drops.append(reason),
     )
     async with client:
@@ -247,6 +247,7 @@ CRASH_CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_kill_9_loses_nothing_acknowledged_in_always_mode(tmp_path: Path) -> None:
     path = tmp_path / "crash.spool"
     child = subprocess.Popen(

@@ -544,6 +544,7 @@ print("exiting", flush=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("mode", "atexit_timeout", "expected"), [("deliver", "10", 5), ("hang", "0.2", 0)]
 )
@@ -642,6 +643,7 @@ for i in range(20):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_exit_handler_can_open_connections_to_a_host_name() -> None:
     # At exit, ThreadPoolExecutor refuses work, and asyncio resolves host names in one:

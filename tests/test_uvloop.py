@@ -39,6 +39,7 @@ async def test_runs_on_uvloop() -> None:
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
 
 
+@pytest.mark.slow
 async def test_delivery_order_faults_and_threads_on_uvloop() -> None:
     drops: list[DropReason] = []
     async with Emulator(write_key=KEY, seed=3) as emulator:

@@ -60,6 +60,7 @@ async def test_start_and_stop_leave_signals_and_tasks_as_they_were():
     await emu.stop()  # idempotent
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_restart_keeps_what_was_received():
     emu = Emulator(write_key=KEY)

@@ -57,6 +57,9 @@ HELD_PERSON = f"held-{uuid.uuid4()}"  # never drawn by the strategies
 HELD_EVENTS = 20
 WAIT_TIMEOUT = 10.0
 
+# Soak, fault and crash tests: the full suite runs them.
+pytestmark = pytest.mark.slow
+
 
 # -- values -------------------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from .conftest import (
 )
 
 pytestmark = [
+    pytest.mark.slow,  # soak, fault and crash tests: the full suite runs them
     pytest.mark.anyio,
     pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL"),
 ]

@@ -45,6 +45,9 @@ from .conftest import Stopwatch, child_emulator, summary
 # measured too.
 CHILD_ENV = "ENCHARGE_LOOP_HEALTH_CHILD"
 
+# Soak, fault and crash tests: the full suite runs them.
+pytestmark = pytest.mark.slow
+
 
 KEY = "wk-loop-0123456789"
 LOOP_EVENTS = 50_000

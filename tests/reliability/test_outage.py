@@ -32,7 +32,11 @@ from encharge_async.emulator import Emulator, EventRecord
 from ..conftest import wait_drained, wait_until
 from .conftest import Stopwatch, collect_logs, summary
 
-pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+pytestmark = [
+    pytest.mark.slow,  # soak, fault and crash tests: the full suite runs them
+    pytest.mark.anyio,
+    pytest.mark.parametrize("anyio_backend", ["asyncio"]),
+]
 
 KEY = "wk-outage-0123456789"
 RETRY_DEADLINE = 0.3  # max_retry_time of the clients

@@ -40,7 +40,11 @@ from encharge_async.emulator import Emulator
 from ..conftest import wait_until
 from .conftest import Stopwatch, summary
 
-pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+pytestmark = [
+    pytest.mark.slow,  # soak, fault and crash tests: the full suite runs them
+    pytest.mark.anyio,
+    pytest.mark.parametrize("anyio_backend", ["asyncio"]),
+]
 
 SECRET = f"wk_live_{uuid.uuid4().hex}"
 MARKER = f"marker-{uuid.uuid4().hex}"

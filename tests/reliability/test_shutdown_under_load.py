@@ -43,6 +43,7 @@ from ..conftest import wait_drained
 from .conftest import START_TIMEOUT, STOP_TIMEOUT, Stopwatch, child_env, summary
 
 pytestmark = [
+    pytest.mark.slow,  # soak, fault and crash tests: the full suite runs them
     pytest.mark.anyio,
     pytest.mark.parametrize("anyio_backend", ["asyncio"]),  # uvicorn and the emulator
     pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals"),
