@@ -286,7 +286,9 @@ async def test_an_event_spilled_at_start_is_not_stranded(
         return httpx.Response(200)
 
     spool = await SlowDisk.open(tmp_path / "slow.spool")
-    spool.loading, spool.appended = anyio.Event(), anyio.Event()
+    assert isinstance(spool, SlowDisk)
+    loading = spool.loading = anyio.Event()
+    appended = spool.appended = anyio.Event()
     async with AsyncEncharge(
         KEY,
         transport=httpx.MockTransport(answer),
@@ -295,10 +297,10 @@ async def test_an_event_spilled_at_start_is_not_stranded(
         shutdown_timeout=0.2,
     ) as client:
         with anyio.fail_after(5):
-            await spool.loading.wait()  # the client is reading its (empty) spool
+            await loading.wait()  # the client is reading its (empty) spool
         first = await client.track("Step", user_id="p0", properties={"n": 0})  # being written
         with anyio.fail_after(5):
-            await spool.appended.wait()
+            await appended.wait()
         second = await client.track("Step", user_id="p0", properties={"n": 1})
         result = await client.flush(timeout=0.5)
     assert sent == [first, second]  # [second]: the first is stranded
