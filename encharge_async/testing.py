@@ -12,7 +12,9 @@ async def test_signup_is_tracked() -> None:
 
 - `EnchargeRecorder`: an `httpx` transport that records every request and answers like
   Encharge (200, or the errors you script with `fail_next`). Give it to any client as
-  `transport=`; its `assert_*` methods check what was captured so far.
+  `transport=`; its `assert_*` methods check what was captured so far. `hold()` makes
+  requests wait (in flight) until `release()`, and `wait_for_requests(n)` waits for them
+  to arrive: the way to test what happens while Encharge has not answered yet.
 - `FakeAsyncEncharge` / `FakeEncharge`: an `AsyncEncharge` / `Encharge` wired to a
   recorder (`.recorder`), retrying without delay, whose `assert_*` methods first wait
   (bounded) until everything queued has been delivered or given up on.
@@ -23,14 +25,19 @@ however many attempts it took; failures list everything that was captured.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, ParamSpec, TypeVar
 
+import anyio
 import httpx
+import sniffio
 import tenacity
 
 from ._client import AsyncEncharge
@@ -39,6 +46,7 @@ from ._sync import Encharge
 
 __all__ = [
     "DEFAULT_ASSERT_TIMEOUT",
+    "DEFAULT_WAIT_TIMEOUT",
     "TEST_WRITE_KEY",
     "CapturedRequest",
     "EnchargeRecorder",
@@ -52,8 +60,14 @@ TEST_WRITE_KEY: Final = "test-write-key"
 DEFAULT_ASSERT_TIMEOUT: Final = 5.0
 """How long the fakes' assertions wait for the queue to drain, by default."""
 
+DEFAULT_WAIT_TIMEOUT: Final = 5.0
+"""How long `EnchargeRecorder.wait_for_requests` waits, by default."""
+
 _MAX_LISTED = 20
 _MAX_LINE = 200
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,26 @@ class CapturedRequest:
         return text
 
 
+class _Wakeup:
+    """An event of the running loop (asyncio or trio) that any thread can set."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        if sniffio.current_async_library() == "trio":
+            import trio
+
+            self._schedule: Callable[[Callable[[], object]], object] = (
+                trio.lowlevel.current_trio_token().run_sync_soon
+            )
+        else:
+            self._schedule = asyncio.get_running_loop().call_soon_threadsafe
+
+    def set(self) -> None:
+        # RuntimeError: that loop has ended (trio's RunFinishedError is one too); nobody waits.
+        with contextlib.suppress(RuntimeError):
+            self._schedule(self.event.set)
+
+
 @dataclass
 class _Failure:
     status: int
@@ -132,6 +166,10 @@ class EnchargeRecorder(httpx.AsyncBaseTransport):
 
     Pass it as `transport=` to `AsyncEncharge` or `Encharge` (the fakes do that for you).
     Thread-safe: the sync client delivers from its own thread.
+
+    `hold()` makes the requests that arrive from then on wait, unanswered (in flight for
+    the client), until `release()` lets them go; `wait_for_requests(n)` waits until `n`
+    requests have arrived, held ones included.
     """
 
     def __init__(self) -> None:
@@ -140,12 +178,24 @@ class EnchargeRecorder(httpx.AsyncBaseTransport):
         self._attempts: dict[str, int] = {}
         self._failures: list[_Failure] = []
         self._failing: dict[str, _Failure] = {}
+        # Holding: requests that arrive wait in `_held` (oldest first) unless a credit of
+        # `release(n)` is left. `_received` counts arrivals, held ones included.
+        self._holding = False
+        self._credits = 0
+        self._held: deque[_Wakeup] = deque()
+        self._received = 0
+        self._arrivals = threading.Condition(self._lock)
+        self._waiters: list[tuple[int, _Wakeup]] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Record `request` and answer it: 200 `{}`, or the failure scripted for it."""
+        """Record `request` and answer it: 200 `{}`, or the failure scripted for it.
+
+        While the recorder holds requests, wait (unanswered) until `release()` first.
+        """
         content = await request.aread()
         body = json.loads(content)
         message_id = request.headers.get("idempotency-key", "")
+        await self._pass_the_hold()
         with self._lock:
             attempt = self._attempts[message_id] = self._attempts.get(message_id, 0) + 1
             failure = self._failure_for(message_id)
@@ -182,6 +232,126 @@ class EnchargeRecorder(httpx.AsyncBaseTransport):
             return None
         failure.used[message_id] = used + 1
         return failure
+
+    async def _pass_the_hold(self) -> None:
+        """Count the arrival; while holding, wait for a release (cancellation leaves)."""
+        wakeup: _Wakeup | None = None
+        with self._lock:
+            self._received += 1
+            self._arrivals.notify_all()
+            for count, waiter in self._waiters:
+                if self._received >= count:
+                    waiter.set()
+            if self._holding:
+                if self._credits:
+                    self._credits -= 1
+                else:
+                    wakeup = _Wakeup()
+                    self._held.append(wakeup)
+        if wakeup is None:
+            return
+        try:
+            await wakeup.event.wait()
+        finally:
+            with self._lock:
+                # Cancelled while held (the client closed): no longer held.
+                if wakeup in self._held:
+                    self._held.remove(wakeup)
+
+    # -- holding -------------------------------------------------------------------------
+
+    def hold(self) -> None:
+        """From now on, hold the requests that arrive: they wait, unanswered, for `release()`.
+
+        Nothing is answered meanwhile: for the client, those events are in flight. A held
+        request that the client gives up on (its `timeout`, or `aclose()`) just leaves.
+        """
+        with self._lock:
+            self._holding = True
+
+    def release(self, count: int | None = None) -> None:
+        """Let held requests go, oldest first, and answer them as usual (`fail_next` applies).
+
+        With `count`, exactly `count` requests go: held ones first, then the next ones to
+        arrive, and the recorder goes on holding after them. Without it, every held request
+        goes and the recorder stops holding (until the next `hold()`).
+
+        Raises:
+            ValueError: `count` is below 1.
+        """
+        if count is not None and count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        with self._lock:
+            if count is None:
+                self._holding = False
+                self._credits = 0
+                going = list(self._held)
+                self._held.clear()
+            else:
+                going = [self._held.popleft() for _ in range(min(count, len(self._held)))]
+                self._credits += count - len(going)
+        for wakeup in going:
+            wakeup.set()
+
+    @property
+    def held(self) -> int:
+        """How many requests are waiting for `release()` right now."""
+        with self._lock:
+            return len(self._held)
+
+    @property
+    def received(self) -> int:
+        """How many requests arrived so far, held ones included (`clear()` resets it)."""
+        with self._lock:
+            return self._received
+
+    async def wait_for_requests(self, count: int, *, timeout: float = DEFAULT_WAIT_TIMEOUT) -> int:
+        """Wait until `count` requests have arrived, held ones included; return `received`.
+
+        With `hold()`, this is how a test knows that the client has sent an event and is
+        waiting for the answer. Works under asyncio and trio, whichever thread delivers.
+
+        Raises:
+            TimeoutError: fewer than `count` arrived within `timeout` seconds.
+        """
+        with self._lock:
+            if self._received >= count:
+                return self._received
+            entry = (count, _Wakeup())
+            self._waiters.append(entry)
+        try:
+            with anyio.move_on_after(timeout):
+                await entry[1].event.wait()
+        finally:
+            with self._lock:
+                self._waiters.remove(entry)
+        return self._check_arrived(count, timeout)
+
+    def wait_for_requests_blocking(
+        self, count: int, *, timeout: float = DEFAULT_WAIT_TIMEOUT
+    ) -> int:
+        """`wait_for_requests`, for sync tests (the sync client delivers from its thread).
+
+        Raises:
+            TimeoutError: fewer than `count` arrived within `timeout` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        with self._arrivals:
+            while self._received < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._arrivals.wait(left)
+        return self._check_arrived(count, timeout)
+
+    def _check_arrived(self, count: int, timeout: float) -> int:
+        with self._lock:
+            received, held = self._received, len(self._held)
+        if received < count:
+            raise TimeoutError(
+                f"{received} of {count} requests arrived within {timeout:g}s ({held} held)"
+            )
+        return received
 
     # -- scripting -----------------------------------------------------------------------
 
@@ -220,8 +390,12 @@ class EnchargeRecorder(httpx.AsyncBaseTransport):
             self._failures.append(_Failure(status, count, attempts, content, merged))
 
     def clear(self) -> None:
-        """Forget every captured request and every scripted failure."""
+        """Forget every captured request and every scripted failure.
+
+        Held requests stay held, and count as the only ones received.
+        """
         with self._lock:
+            self._received = len(self._held)
             self._requests.clear()
             self._attempts.clear()
             self._failures.clear()
@@ -477,11 +651,16 @@ def _fake_options(options: dict[str, Any], recorder: EnchargeRecorder) -> dict[s
     return options
 
 
-@contextlib.contextmanager
-def _noting(result: FlushResult, timeout: float) -> Iterator[None]:
-    """Say in a failed assertion that the queue had not drained: the cause, most likely."""
+def _checked(
+    result: FlushResult,
+    timeout: float,
+    check: Callable[_P, _T],
+    *args: _P.args,
+    **kwargs: _P.kwargs,
+) -> _T:
+    """Run a recorder assertion after settling; say so when the queue had not drained."""
     try:
-        yield
+        return check(*args, **kwargs)
     except AssertionError as exc:
         if not result.pending:
             raise
@@ -490,12 +669,20 @@ def _noting(result: FlushResult, timeout: float) -> Iterator[None]:
         ) from None
 
 
-def _conclusive(result: FlushResult, timeout: float) -> None:
+def _checked_none(
+    result: FlushResult,
+    timeout: float,
+    check: Callable[_P, None],
+    *args: _P.args,
+    **kwargs: _P.kwargs,
+) -> None:
+    """Run a negative assertion after settling: inconclusive (so failed) unless drained."""
     if result.pending:
         raise AssertionError(
             f"{result.pending} event(s) were still undelivered after {timeout:g}s: "
             "cannot tell that none of them matches"
         )
+    check(*args, **kwargs)
 
 
 class FakeAsyncEncharge(AsyncEncharge):
@@ -541,10 +728,17 @@ class FakeAsyncEncharge(AsyncEncharge):
         count: int | None = None,
     ) -> CapturedRequest:
         """`settle()`, then `EnchargeRecorder.assert_tracked`; raises AssertionError."""
-        with _noting(await self.settle(), self.assert_timeout):
-            return self.recorder.assert_tracked(
-                name, email=email, user_id=user_id, user=user, properties=properties, count=count
-            )
+        return _checked(
+            await self.settle(),
+            self.assert_timeout,
+            self.recorder.assert_tracked,
+            name,
+            email=email,
+            user_id=user_id,
+            user=user,
+            properties=properties,
+            count=count,
+        )
 
     async def assert_identified(
         self,
@@ -555,10 +749,15 @@ class FakeAsyncEncharge(AsyncEncharge):
         count: int | None = None,
     ) -> CapturedRequest:
         """`settle()`, then `EnchargeRecorder.assert_identified`; raises AssertionError."""
-        with _noting(await self.settle(), self.assert_timeout):
-            return self.recorder.assert_identified(
-                email=email, user_id=user_id, user=user, count=count
-            )
+        return _checked(
+            await self.settle(),
+            self.assert_timeout,
+            self.recorder.assert_identified,
+            email=email,
+            user_id=user_id,
+            user=user,
+            count=count,
+        )
 
     async def assert_aliased(
         self,
@@ -570,14 +769,16 @@ class FakeAsyncEncharge(AsyncEncharge):
         count: int | None = None,
     ) -> CapturedRequest:
         """`settle()`, then `EnchargeRecorder.assert_aliased`; raises AssertionError."""
-        with _noting(await self.settle(), self.assert_timeout):
-            return self.recorder.assert_aliased(
-                previous_email=previous_email,
-                previous_user_id=previous_user_id,
-                email=email,
-                user_id=user_id,
-                count=count,
-            )
+        return _checked(
+            await self.settle(),
+            self.assert_timeout,
+            self.recorder.assert_aliased,
+            previous_email=previous_email,
+            previous_user_id=previous_user_id,
+            email=email,
+            user_id=user_id,
+            count=count,
+        )
 
     async def assert_grouped(
         self,
@@ -590,15 +791,17 @@ class FakeAsyncEncharge(AsyncEncharge):
         count: int | None = None,
     ) -> CapturedRequest:
         """`settle()`, then `EnchargeRecorder.assert_grouped`; raises AssertionError."""
-        with _noting(await self.settle(), self.assert_timeout):
-            return self.recorder.assert_grouped(
-                object_type,
-                properties=properties,
-                email=email,
-                user_id=user_id,
-                user=user,
-                count=count,
-            )
+        return _checked(
+            await self.settle(),
+            self.assert_timeout,
+            self.recorder.assert_grouped,
+            object_type,
+            properties=properties,
+            email=email,
+            user_id=user_id,
+            user=user,
+            count=count,
+        )
 
     async def assert_not_tracked(
         self,
@@ -615,9 +818,15 @@ class FakeAsyncEncharge(AsyncEncharge):
             AssertionError: a matching event was accepted, or events were still undelivered
                 after `assert_timeout` (then the check would not be conclusive).
         """
-        _conclusive(await self.settle(), self.assert_timeout)
-        self.recorder.assert_not_tracked(
-            name, email=email, user_id=user_id, user=user, properties=properties
+        return _checked_none(
+            await self.settle(),
+            self.assert_timeout,
+            self.recorder.assert_not_tracked,
+            name,
+            email=email,
+            user_id=user_id,
+            user=user,
+            properties=properties,
         )
 
 
@@ -661,10 +870,17 @@ class FakeEncharge(Encharge):
         count: int | None = None,
     ) -> CapturedRequest:
         """`settle()`, then `EnchargeRecorder.assert_tracked`; raises AssertionError."""
-        with _noting(self.settle(), self.assert_timeout):
-            return self.recorder.assert_tracked(
-                name, email=email, user_id=user_id, user=user, properties=properties, count=count
-            )
+        return _checked(
+            self.settle(),
+            self.assert_timeout,
+            self.recorder.assert_tracked,
+            name,
+            email=email,
+            user_id=user_id,
+            user=user,
+            properties=properties,
+            count=count,
+        )
 
     def assert_identified(
         self,
@@ -675,10 +891,15 @@ class FakeEncharge(Encharge):
         count: int | None = None,
     ) -> CapturedRequest:
         """`settle()`, then `EnchargeRecorder.assert_identified`; raises AssertionError."""
-        with _noting(self.settle(), self.assert_timeout):
-            return self.recorder.assert_identified(
-                email=email, user_id=user_id, user=user, count=count
-            )
+        return _checked(
+            self.settle(),
+            self.assert_timeout,
+            self.recorder.assert_identified,
+            email=email,
+            user_id=user_id,
+            user=user,
+            count=count,
+        )
 
     def assert_aliased(
         self,
@@ -690,14 +911,16 @@ class FakeEncharge(Encharge):
         count: int | None = None,
     ) -> CapturedRequest:
         """`settle()`, then `EnchargeRecorder.assert_aliased`; raises AssertionError."""
-        with _noting(self.settle(), self.assert_timeout):
-            return self.recorder.assert_aliased(
-                previous_email=previous_email,
-                previous_user_id=previous_user_id,
-                email=email,
-                user_id=user_id,
-                count=count,
-            )
+        return _checked(
+            self.settle(),
+            self.assert_timeout,
+            self.recorder.assert_aliased,
+            previous_email=previous_email,
+            previous_user_id=previous_user_id,
+            email=email,
+            user_id=user_id,
+            count=count,
+        )
 
     def assert_grouped(
         self,
@@ -710,15 +933,17 @@ class FakeEncharge(Encharge):
         count: int | None = None,
     ) -> CapturedRequest:
         """`settle()`, then `EnchargeRecorder.assert_grouped`; raises AssertionError."""
-        with _noting(self.settle(), self.assert_timeout):
-            return self.recorder.assert_grouped(
-                object_type,
-                properties=properties,
-                email=email,
-                user_id=user_id,
-                user=user,
-                count=count,
-            )
+        return _checked(
+            self.settle(),
+            self.assert_timeout,
+            self.recorder.assert_grouped,
+            object_type,
+            properties=properties,
+            email=email,
+            user_id=user_id,
+            user=user,
+            count=count,
+        )
 
     def assert_not_tracked(
         self,
@@ -730,7 +955,13 @@ class FakeEncharge(Encharge):
         properties: Mapping[str, Any] | None = None,
     ) -> None:
         """`settle()`, then `EnchargeRecorder.assert_not_tracked` (see `FakeAsyncEncharge`)."""
-        _conclusive(self.settle(), self.assert_timeout)
-        self.recorder.assert_not_tracked(
-            name, email=email, user_id=user_id, user=user, properties=properties
+        return _checked_none(
+            self.settle(),
+            self.assert_timeout,
+            self.recorder.assert_not_tracked,
+            name,
+            email=email,
+            user_id=user_id,
+            user=user,
+            properties=properties,
         )

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import inspect
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import tenacity
 
 from encharge_async import AsyncEncharge
+from encharge_async.testing import EnchargeRecorder
 
 WRITE_KEY = "wk_secret_0123456789abcdef"
 ENDPOINT = "https://ingest.example.test/v1/"
@@ -74,10 +78,53 @@ async def make_client(recorder: Recorder) -> AsyncIterator[ClientFactory]:
         await client.aclose()
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll `predicate` until it holds; fail the test after `timeout` seconds."""
-    import anyio
+POLL_INTERVAL = 0.002
+"""How often `wait_until` looks: short, so a test waits no longer than it must."""
 
-    with anyio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - polling a plain predicate is the point
-            await anyio.sleep(0.005)
+
+def _describe(predicate: Callable[[], object]) -> str:
+    """The predicate's source line (a lambda, mostly), for the failure message."""
+    try:
+        return inspect.getsource(predicate).strip()
+    except (OSError, TypeError):
+        return repr(predicate)
+
+
+async def wait_until(
+    predicate: Callable[[], object], timeout: float = 5.0, *, what: str | None = None
+) -> None:
+    """Poll `predicate` until it holds; fail the test, saying what, after `timeout` seconds."""
+    deadline = anyio.current_time() + timeout
+    while not predicate():
+        if anyio.current_time() >= deadline:
+            pytest.fail(f"not true after {timeout:g}s: {what or _describe(predicate)}")
+        await anyio.sleep(POLL_INTERVAL)
+
+
+async def wait_drained(client: AsyncEncharge, timeout: float = 20.0) -> None:
+    """Wait until nothing is spooled, queued or in flight (a spool's backlog included)."""
+
+    def drained() -> bool:
+        stats = client.stats
+        return not (stats.spooled or stats.queued or stats.in_flight)
+
+    await wait_until(drained, timeout, what="the client drained (spool included)")
+
+
+def block_until(
+    predicate: Callable[[], object], timeout: float = 5.0, *, what: str | None = None
+) -> None:
+    """`wait_until` for plain functions (sync clients, other threads, subprocesses)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"not true after {timeout:g}s: {what or _describe(predicate)}")
+        time.sleep(POLL_INTERVAL)
+
+
+@pytest.fixture
+def held() -> EnchargeRecorder:
+    """The public recorder, holding every request until the test calls `held.release()`."""
+    recorder = EnchargeRecorder()
+    recorder.hold()
+    return recorder

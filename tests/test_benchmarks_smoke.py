@@ -54,6 +54,7 @@ def results() -> dict[str, Any]:
     return run.run(TINY, run.SECTIONS, log=lambda line: None, runner=run_inline)
 
 
+@pytest.mark.slow
 def test_machine_and_plan(results: dict[str, Any]) -> None:
     machine = results["machine"]
     assert machine["cores"] >= 1
@@ -64,6 +65,7 @@ def test_machine_and_plan(results: dict[str, Any]) -> None:
     json.dumps(results)  # what run.py writes to results.json
 
 
+@pytest.mark.slow
 def test_caller_cost(results: dict[str, Any]) -> None:
     caller = results["sections"]["caller_cost"]
     assert set(caller) == set(enqueue.CANDIDATES)
@@ -72,6 +74,7 @@ def test_caller_cost(results: dict[str, Any]) -> None:
         assert row["p99_us"] >= row["median_us"]
 
 
+@pytest.mark.slow
 def test_cpu_per_event(results: dict[str, Any]) -> None:
     cpu = results["sections"]["cpu_per_event"]
     assert {row["client"] for row in cpu.values()} == set(delivery.CLIENTS)
@@ -82,6 +85,7 @@ def test_cpu_per_event(results: dict[str, Any]) -> None:
         assert row["events"]["median"] == TINY.cpu_events
 
 
+@pytest.mark.slow
 def test_throughput(results: dict[str, Any]) -> None:
     (row,) = results["sections"]["throughput"].values()
     assert row["littles_law_events_per_s"] == pytest.approx(2 / 0.01)
@@ -89,6 +93,7 @@ def test_throughput(results: dict[str, Any]) -> None:
     assert _is_summary(row["fraction_of_littles_law"])
 
 
+@pytest.mark.slow
 def test_memory(results: dict[str, Any]) -> None:
     memory = results["sections"]["memory"]
     assert memory["body_bytes"] > 0
@@ -98,12 +103,14 @@ def test_memory(results: dict[str, Any]) -> None:
         assert series["peak_rss_mib"] > 0
 
 
+@pytest.mark.slow
 def test_shutdown(results: dict[str, Any]) -> None:
     (row,) = results["sections"]["shutdown"].values()
     assert row["ideal_s"] == pytest.approx(20 * 0.01 / 4)
     assert _is_summary(row["seconds"])
 
 
+@pytest.mark.slow
 def test_webapp(results: dict[str, Any]) -> None:
     rows = results["sections"]["webapp"]
     assert set(rows) == set(webapp.SCENARIOS)
@@ -113,6 +120,7 @@ def test_webapp(results: dict[str, Any]) -> None:
         assert _is_summary(row["p99_ms"])
 
 
+@pytest.mark.slow
 def test_report_and_chart(results: dict[str, Any], tmp_path: Path) -> None:
     text = report.markdown(results)
     for title in ("Caller cost", "CPU per delivered event", "Throughput", "Memory", "Shutdown"):

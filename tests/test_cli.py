@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ import pytest
 
 from encharge_async._cli import main
 from encharge_async.emulator import Emulator
+
+from .conftest import block_until
 
 KEY = "cli-test-key"
 
@@ -344,10 +345,7 @@ def many_events(path: Path, count: int) -> Path:
 
 
 def wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+    block_until(predicate, timeout)
 
 
 def check_complete(emu: Emulator, count: int) -> None:
@@ -364,6 +362,7 @@ def check_complete(emu: Emulator, count: int) -> None:
         assert sequence == sorted(sequence)  # per-person order kept across the resume
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_import_interrupted_then_resumed_sends_nothing_twice(
     tmp_path: Path, sig: signal.Signals
@@ -388,6 +387,7 @@ def test_import_interrupted_then_resumed_sends_nothing_twice(
         assert emu.duplicates == {}  # nothing sent twice
 
 
+@pytest.mark.slow
 def test_import_killed_then_resumed_loses_nothing(tmp_path: Path) -> None:
     count = 300
     with EmulatorThread(latency=0.01) as emu:
@@ -405,6 +405,7 @@ def test_import_killed_then_resumed_loses_nothing(tmp_path: Path) -> None:
         assert sum(emu.duplicates.values()) <= 4
 
 
+@pytest.mark.slow
 def test_demo_runs_and_prints_its_summary(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--users", "30", "--requests", "300"]) == 0
     out = capsys.readouterr().out
@@ -414,6 +415,7 @@ def test_demo_runs_and_prints_its_summary(capsys: pytest.CaptureFixture[str]) ->
     assert '"email": "user7@example.com"' in out
 
 
+@pytest.mark.slow
 def test_emulator_command(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [

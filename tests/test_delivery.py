@@ -15,6 +15,7 @@ import tenacity
 
 import encharge_async
 from encharge_async import DeliveryError, Event
+from encharge_async.testing import EnchargeRecorder
 
 from .conftest import ENDPOINT, WRITE_KEY, ClientFactory, Recorder, wait_until
 
@@ -50,7 +51,7 @@ async def test_concurrency_is_bounded_and_used(make_client: ClientFactory) -> No
         nonlocal active, peak
         active += 1
         peak = max(peak, active)
-        await anyio.sleep(0.02)
+        await anyio.sleep(0.02)  # a slow server, on purpose: requests overlap
         active -= 1
         return httpx.Response(200)
 
@@ -113,7 +114,7 @@ async def test_a_request_over_timeout_is_abandoned_and_retried(make_client: Clie
         nonlocal calls
         calls += 1
         if calls == 1:
-            await anyio.sleep(30)
+            await anyio.sleep(30)  # stalls past the client's timeout, on purpose
         return httpx.Response(200)
 
     transport = httpx.MockTransport(Recorder(stall_once))
@@ -187,7 +188,7 @@ async def test_max_retry_time_is_a_deadline(make_client: ClientFactory) -> None:
 
 
 async def test_default_backoff_is_full_jitter_exponential() -> None:
-    wait = encharge_async._retry.default_wait()
+    wait = encharge_async._retry.default_wait()  # white-box: the default, unit-tested
     state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
     for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (10, 30.0), (50, 30.0)]:
         state.attempt_number = attempt
@@ -295,40 +296,30 @@ async def test_large_error_bodies_are_truncated(make_client: ClientFactory) -> N
     assert len(info.value.body) == 500
 
 
-async def test_wait_true_times_out_without_losing_the_event(make_client: ClientFactory) -> None:
-    release = anyio.Event()
-
-    async def held(request: httpx.Request) -> httpx.Response:
-        await release.wait()
-        return httpx.Response(200)
-
-    async with make_client(transport=httpx.MockTransport(Recorder(held))) as client:
+async def test_wait_true_times_out_without_losing_the_event(
+    make_client: ClientFactory, held: EnchargeRecorder
+) -> None:
+    async with make_client(transport=held) as client:
         with pytest.raises(TimeoutError):
             await client.track("E", user_id=1, wait=True, timeout=0.05)
-        release.set()
+        held.release()
         result = await client.flush(timeout=5)
     assert result.delivered == 1
 
 
 async def test_cancelled_waiter_is_not_retried_and_event_still_delivered(
-    make_client: ClientFactory,
+    make_client: ClientFactory, held: EnchargeRecorder
 ) -> None:
-    release = anyio.Event()
-    calls = 0
-
-    async def held(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        await release.wait()
-        return httpx.Response(200)
-
-    async with make_client(transport=httpx.MockTransport(Recorder(held))) as client:
-        with anyio.move_on_after(0.05) as scope:
-            await client.track("E", user_id=1, wait=True, timeout=10)
+    async with make_client(transport=held) as client:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: client.track("E", user_id=1, wait=True, timeout=10))
+                await held.wait_for_requests(1)
+                scope.cancel()
         assert scope.cancelled_caught
-        release.set()
+        held.release()
         await client.flush(timeout=5)
-    assert calls == 1
+    assert held.received == 1
     assert client.stats.delivered == 1
 
 
@@ -342,7 +333,8 @@ async def test_default_transport_with_respx_and_tls_verification() -> None:
                 await client.track("E", user_id=i)
             await client.track("E", user_id=9, wait=True)
             await client.flush(timeout=5)
-            # One single-connection transport per worker, all verifying TLS certificates.
+            # One single-connection transport per worker, all verifying TLS certificates
+            # (white-box: the transports and their TLS settings are not public).
             assert len(client._pipeline.dispatcher.transports) == 3
             for transport in client._pipeline.dispatcher.transports:
                 assert isinstance(transport, httpx.AsyncHTTPTransport)

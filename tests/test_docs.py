@@ -69,6 +69,12 @@ OVERRIDES: dict[tuple[str, str], tuple[str, str]] = {
     ),
 }
 
+# Blocks that take more than about a second, run only by the full suite: (page, first line).
+SLOW_BLOCKS = {
+    ("docs/reliability.md", "import json, tempfile, anyio, httpx"),
+    ("docs/design.md", "import tempfile"),
+}
+
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
 _MARKER = re.compile(r"^[ \t]*<!--\s*test:\s*(?P<mode>[\w-]+)\s*(?P<arg>.*?)\s*-->[ \t]*$")
 
@@ -406,7 +412,15 @@ def run_app_block(block: Block, emulator: EmulatorThread) -> None:
 
 
 @pytest.mark.parametrize(
-    "block", [b for b in BLOCKS if b.mode != "pytest"], ids=lambda block: block.id
+    "block",
+    [
+        pytest.param(b, marks=pytest.mark.slow)
+        if (b.page, b.code.splitlines()[0]) in SLOW_BLOCKS
+        else b
+        for b in BLOCKS
+        if b.mode != "pytest"
+    ],
+    ids=lambda block: block.id,
 )
 def test_block(block: Block, request: pytest.FixtureRequest) -> None:
     if block.mode == "skip":
@@ -448,6 +462,7 @@ def _test_count(module: str) -> int:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PYTEST_PAGES)
 def test_pytest_blocks(page: str, tmp_path: Path) -> None:
     files: dict[str, str] = {}

@@ -33,12 +33,13 @@ from encharge_async._constants import (
 )
 from encharge_async._http11 import (
     Http11Transport,
+    _Connection,
     create_tls_context,
     httpx_is_mocked,
     proxy_from_environment,
 )
 
-from .conftest import WRITE_KEY
+from .conftest import WRITE_KEY, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -74,7 +75,7 @@ def reply(*parts: bytes, close: bool = False, pause: float = 0.0, rst: bool = Fa
             writer.write(part)
             await writer.drain()
             if pause:
-                await asyncio.sleep(pause)
+                await asyncio.sleep(pause)  # a server writing in parts, on purpose
         if rst:
             reset(writer)
         elif close:
@@ -138,6 +139,12 @@ def transport_for(
     server: ScriptedServer, timeout: float = 5.0, keepalive_expiry: float = 5.0
 ) -> Http11Transport:
     return Http11Transport(server.url, None, timeout, keepalive_expiry=keepalive_expiry)
+
+
+def idle_connection(transport: Http11Transport) -> _Connection:
+    connection = transport._connection
+    assert connection is not None
+    return connection
 
 
 async def test_keep_alive_reuses_one_connection() -> None:
@@ -231,7 +238,9 @@ async def test_an_idle_connection_the_server_closed_is_replaced_without_an_error
     async with scripted(reply(OK, close=True), reply(OK)) as server:
         transport = transport_for(server)
         assert (await transport.request(post()))[0] == 200
-        await asyncio.sleep(0.1)  # the server's FIN arrives while the connection is idle
+        # The server's FIN arrives while the connection is idle (white-box: the connection
+        # is the unit under test, and nothing public tells that it has seen the FIN).
+        await wait_until(lambda: not idle_connection(transport).reusable)
         assert (await transport.request(post()))[0] == 200
         await transport.aclose()
     assert server.connections == 2
@@ -434,7 +443,7 @@ async def test_cancelling_a_request_aborts_its_connection() -> None:
     async with scripted(reply(b"HTTP/1.1 200 OK\r\n"), reply(OK)) as server:
         transport = transport_for(server)
         task = asyncio.ensure_future(transport.request(post()))
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: len(server.requests) == 1)  # the answer has begun
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -518,6 +527,7 @@ async def test_the_client_uses_it_on_asyncio_unless_httpx_is_mocked() -> None:
     ):
         await client.track("E", user_id=1, wait=True, timeout=5)
         await client.track("E", user_id=2, wait=True, timeout=5)
+        # White-box: which transport the workers chose is not public.
         assert [type(t) for t in client._pipeline.dispatcher.transports] == [Http11Transport] * 2
     request = server.requests[0]
     assert b"\r\nX-Encharge-Token: " + WRITE_KEY.encode() + b"\r\n" in request
@@ -537,16 +547,19 @@ async def test_no_content_has_no_body_and_keeps_the_connection() -> None:
 
 
 async def test_bytes_arriving_on_an_idle_connection_retire_it() -> None:
+    answered = asyncio.Event()
+
     async def then_junk(request: bytes, writer: asyncio.StreamWriter) -> None:
         writer.write(OK)
         await writer.drain()
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(answered.wait(), 5)  # the junk comes after, on its own
         writer.write(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
 
     async with scripted(then_junk, reply(OK)) as server:
         transport = transport_for(server)
         assert (await transport.request(post()))[0] == 200
-        await asyncio.sleep(0.2)
+        answered.set()
+        await wait_until(lambda: not idle_connection(transport).reusable)  # see above
         assert (await transport.request(post()))[0] == 200
         await transport.aclose()
     assert server.connections == 2

@@ -22,6 +22,7 @@ def anyio_backend() -> str:
     return "asyncio"  # aiohttp runs on asyncio only
 
 
+@pytest.mark.slow
 async def test_example_app_drains_on_cleanup(monkeypatch: pytest.MonkeyPatch) -> None:
     module = load_example("aiohttp_app")
     # With latency, the events are still in flight when the server stops.

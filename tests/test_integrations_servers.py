@@ -134,6 +134,7 @@ def assert_all_arrived(emulator: Emulator, ids: list[str], server: Server) -> No
     assert not emulator.rejected
 
 
+@pytest.mark.slow
 async def test_fastapi_app_under_uvicorn(tmp_path: Path) -> None:
     async with Emulator(write_key=KEY, latency=LATENCY) as emulator:
         args = [sys.executable, "-m", "uvicorn", "fastapi_app:app"]
@@ -155,6 +156,7 @@ async def test_fastapi_app_under_uvicorn(tmp_path: Path) -> None:
         assert "Application shutdown complete" in server.log()
 
 
+@pytest.mark.slow
 async def test_aiohttp_app_under_aiohttp_web(tmp_path: Path) -> None:
     async with Emulator(write_key=KEY, latency=LATENCY) as emulator:
         args = [sys.executable, "-m", "aiohttp.web", "-H", "127.0.0.1", "-P", "0"]
@@ -166,6 +168,7 @@ async def test_aiohttp_app_under_aiohttp_web(tmp_path: Path) -> None:
         assert len(emulator.events) == 20
 
 
+@pytest.mark.slow
 async def test_flask_app_under_gunicorn_preload_with_two_workers(tmp_path: Path) -> None:
     async with Emulator(write_key=KEY, latency=LATENCY) as emulator:
         args = [sys.executable, "-m", "gunicorn", "--preload", "--workers", "2"]

@@ -21,8 +21,9 @@ from encharge_async import (
     EventLoopError,
     QueueFullError,
 )
+from encharge_async.testing import EnchargeRecorder
 
-from .conftest import ENDPOINT, WRITE_KEY, ClientFactory, Recorder
+from .conftest import ENDPOINT, WRITE_KEY, ClientFactory, Recorder, wait_until
 
 
 def test_nowait_without_a_loop_before_start_is_a_clear_error() -> None:
@@ -62,7 +63,7 @@ async def test_nowait_from_a_worker_thread(make_client: ClientFactory, recorder:
         mids = await anyio.to_thread.run_sync(
             lambda: [client.track_nowait("from thread", user_id=i) for i in range(5)]
         )
-        await anyio.sleep(0.01)
+        await wait_until(lambda: client.stats.enqueued == 6)  # the hand-offs were taken
         await client.flush(timeout=5)
     assert len(mids) == 5
     sent = {r.headers["idempotency-key"] for r in recorder.requests}
@@ -118,46 +119,39 @@ async def test_bursts_from_many_threads_are_handed_over_whole_and_in_order(
 
 @pytest.mark.anyio
 async def test_thread_calls_on_a_full_queue(make_client: ClientFactory) -> None:
-    release = anyio.Event()
-
-    async def held(request: httpx.Request) -> httpx.Response:
-        await release.wait()
-        return httpx.Response(200)
-
-    transport = httpx.MockTransport(Recorder(held))
-    async with make_client(transport=transport, max_concurrency=1, max_queue_size=1) as client:
+    held = EnchargeRecorder()
+    held.hold()
+    async with make_client(transport=held, max_concurrency=1, max_queue_size=1) as client:
         await client.track("flying", user_id=1)
-        await anyio.sleep(0.01)
+        await held.wait_for_requests(1)
         await client.track("queued", user_id=2)
         await anyio.to_thread.run_sync(lambda: client.track_nowait("dropped", user_id=3))
-        await anyio.sleep(0.01)
-        assert client.stats.dropped == 1
-        release.set()
+        await wait_until(lambda: client.stats.dropped == 1)
+        held.release()
 
-    release = anyio.Event()
-    transport = httpx.MockTransport(Recorder(held))
+    held = EnchargeRecorder()
+    held.hold()
     async with make_client(
-        transport=transport, max_concurrency=1, max_queue_size=1, overflow="block"
+        transport=held, max_concurrency=1, max_queue_size=1, overflow="block"
     ) as client:
         await client.track("flying", user_id=1)
-        await anyio.sleep(0.01)
+        await held.wait_for_requests(1)
         await client.track("queued", user_id=2)
         with pytest.raises(QueueFullError, match="another thread"):
             await anyio.to_thread.run_sync(lambda: client.track_nowait("E", user_id=3))
-        release.set()
+        held.release()
 
-    release = anyio.Event()
-    transport = httpx.MockTransport(Recorder(held))
+    held = EnchargeRecorder()
+    held.hold()
     async with make_client(
-        transport=transport, max_concurrency=1, max_queue_size=1, overflow="drop_oldest"
+        transport=held, max_concurrency=1, max_queue_size=1, overflow="drop_oldest"
     ) as client:
         await client.track("flying", user_id=1)
-        await anyio.sleep(0.01)
+        await held.wait_for_requests(1)
         await client.track("evicted", user_id=2)
         await anyio.to_thread.run_sync(lambda: client.track_nowait("kept", user_id=3))
-        await anyio.sleep(0.01)
-        assert client.stats.dropped == 1
-        release.set()
+        await wait_until(lambda: client.stats.dropped == 1)
+        held.release()
     assert client.stats.delivered == 2
 
 
@@ -229,10 +223,11 @@ def test_forked_child_starts_clean() -> None:
 
         recorder.respond = held
         await client.track("pending in parent", user_id=2)
-        await asyncio.sleep(0.01)
+        await wait_until(lambda: len(recorder.requests) == 2)  # in flight at the fork
         await default_client.__aenter__()  # starts workers with their own transports
-        await asyncio.sleep(0.1)
-        assert default_client._pipeline.dispatcher.transports
+        # White-box: no public API says the workers have made their transports, which the
+        # child must not inherit.
+        await wait_until(lambda: bool(default_client._pipeline.dispatcher.transports))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # multi-threaded fork warning
             pid = os.fork()
@@ -286,6 +281,7 @@ async def test_trio_and_asyncio_share_one_code_path(
 ) -> None:
     async with make_client() as client:
         await client.track("E", user_id=1, wait=True)
+        # White-box: the loop binding the client chose is not public.
         assert client._pipeline.binding is not None
         assert client._pipeline.binding.backend == anyio_backend
     assert client.stats.delivered == 1
@@ -310,7 +306,7 @@ async def test_nowait_from_a_thread_running_its_own_loop(
             return asyncio.run(on_another_loop())
 
         mid = await anyio.to_thread.run_sync(other_thread)
-        await anyio.sleep(0.01)
+        await wait_until(lambda: client.stats.enqueued == 3)  # the hand-off was taken
         await client.flush(timeout=5)
     assert mid in {r.headers["idempotency-key"] for r in recorder.requests}
     assert client.stats.delivered == 3

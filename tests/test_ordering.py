@@ -13,7 +13,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from .conftest import ClientFactory, Recorder
+from encharge_async.testing import EnchargeRecorder
+
+from .conftest import ClientFactory, Recorder, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +38,7 @@ async def test_each_persons_events_arrive_in_order_under_random_latency(
         if person in in_flight:
             overlaps.append(person)
         in_flight.add(person)
-        await anyio.sleep(rng.uniform(0, 0.004))
+        await anyio.sleep(rng.uniform(0, 0.004))  # injected latency: what is tested
         arrived[person].append(json.loads(request.content)["properties"]["n"])
         in_flight.discard(person)
         return httpx.Response(200)
@@ -53,28 +55,23 @@ async def test_each_persons_events_arrive_in_order_under_random_latency(
         assert sequence == sorted(sequence)
 
 
-async def test_different_people_are_delivered_in_parallel(make_client: ClientFactory) -> None:
-    active = peak = 0
-
-    async def slow(request: httpx.Request) -> httpx.Response:
-        nonlocal active, peak
-        active += 1
-        peak = max(peak, active)
-        await anyio.sleep(0.01)
-        active -= 1
-        return httpx.Response(200)
-
-    transport = httpx.MockTransport(Recorder(slow))
-    async with make_client(transport=transport, max_concurrency=8) as client:
+async def test_different_people_are_delivered_in_parallel(
+    make_client: ClientFactory, held: EnchargeRecorder
+) -> None:
+    async with make_client(transport=held, max_concurrency=8) as client:
         for i in range(16):
             await client.track("E", user_id="same-person", properties={"n": i})
-        result = await client.flush(timeout=10)
-        assert peak == 1
+        await held.wait_for_requests(1)
+        await anyio.wait_all_tasks_blocked()  # the idle workers had their chance
+        assert (held.held, client.stats.in_flight) == (1, 1)  # one at a time per person
         for i in range(16):
             await client.track("E", user_id=f"person-{i}")
-        await client.flush(timeout=10)
-    assert result.delivered == 16
-    assert peak == 8
+        await held.wait_for_requests(8)
+        await anyio.wait_all_tasks_blocked()
+        assert (held.held, client.stats.in_flight) == (8, 8)  # as many as max_concurrency
+        held.release()
+        result = await client.flush(timeout=10)
+    assert result.delivered == 32
 
 
 async def test_email_and_user_id_both_order(make_client: ClientFactory, recorder: Recorder) -> None:
@@ -91,7 +88,7 @@ async def test_alias_orders_between_old_and_new_identifier(make_client: ClientFa
     rng = random.Random(3)
 
     async def jittery(request: httpx.Request) -> httpx.Response:
-        await anyio.sleep(rng.uniform(0, 0.005))
+        await anyio.sleep(rng.uniform(0, 0.005))  # injected latency: what is tested
         body = json.loads(request.content)
         order.append(body.get("name") or body["type"])
         return httpx.Response(200)
@@ -121,7 +118,7 @@ async def test_group_updates_of_one_object_stay_in_order(
 
 async def test_a_retried_event_holds_back_only_its_own_person(make_client: ClientFactory) -> None:
     """Even with one delivery slot, a person in backoff does not block anyone else."""
-    failures_left = 3
+    failures_left = 1
     order: list[str] = []
 
     def flaky(request: httpx.Request) -> httpx.Response:
@@ -139,14 +136,14 @@ async def test_a_retried_event_holds_back_only_its_own_person(make_client: Clien
     async with make_client(
         transport=httpx.MockTransport(Recorder(flaky)),
         max_concurrency=1,
-        retry_wait=tenacity.wait_fixed(0.2),
+        retry_wait=tenacity.wait_fixed(60),  # until aclose() retries it at once
     ) as client:
         await client.track("first", user_id="slow")
         await client.track("second", user_id="slow")
         for i in range(5):
             await client.track(f"e{i}", user_id="fast")
-        result = await client.flush(timeout=10)
-    assert result.delivered == 7
+        await wait_until(lambda: len(order) == 5)  # while "first" waits for its retry
+    assert client.stats.delivered == 7
     assert order[:5] == [f"fast:e{i}" for i in range(5)]
     assert order[5:] == ["slow:first", "slow:second"]
 
@@ -298,9 +295,7 @@ async def test_the_queue_order_stays_bounded_behind_a_stuck_head(
             await client.track("flowing", user_id=f"p{i}")
             if i % 100 == 0:
                 await anyio.lowlevel.checkpoint()
-        with anyio.fail_after(10):
-            while client.stats.delivered < 2000:  # noqa: ASYNC110
-                await anyio.sleep(0.01)
+        await wait_until(lambda: client.stats.delivered >= 2000, timeout=10)
         # White-box: the order deque holds the stuck event and at most the pruning slack.
         assert client.stats.queued + client.stats.in_flight == 1
         assert client._pipeline.queue.order_entries <= 2 + 64

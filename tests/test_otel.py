@@ -54,6 +54,7 @@ async def test_counters_gauges_and_histogram(make_client: ClientFactory) -> None
     assert duration.count == 2
     assert duration.sum >= 0
     assert dict(duration.attributes) == {"app": "test"}
+    # White-box: uninstrumenting leaves no listener behind (nothing public lists them).
     assert client._pipeline.ledger.delivery_listeners == []
     provider.shutdown()
 

@@ -886,7 +886,7 @@ async def main(path, synchronous):
         ]
         assert (await spool.append(batch)).stored == 50
     print("appended", flush=True)
-    await anyio.sleep(60)
+    await anyio.sleep(60)  # alive until the test kills it, on purpose
 
 anyio.run(main, sys.argv[1], sys.argv[2])
 """

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 import tenacity
 
@@ -38,7 +37,7 @@ from encharge_async import (
 from encharge_async.emulator import Emulator
 from encharge_async.testing import EnchargeRecorder
 
-from .conftest import ENDPOINT, WRITE_KEY
+from .conftest import ENDPOINT, WRITE_KEY, block_until
 
 ROOT = Path(__file__).resolve().parents[1]
 THREAD_NAME = "encharge-async"
@@ -84,31 +83,6 @@ def make(recorder: EnchargeRecorder) -> Iterator[Make]:
     yield make
     for client in clients:
         client.close(timeout=1)
-
-
-class Gate:
-    """A transport that holds every request until `open()` is called (bounded)."""
-
-    def __init__(self) -> None:
-        self.opened = threading.Event()
-        self.arrived = threading.Event()
-        self.requests: list[httpx.Request] = []
-
-    def open(self) -> None:
-        self.opened.set()
-
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        self.arrived.set()
-        for _ in range(1000):  # at most 10 s
-            if self.opened.is_set():
-                return httpx.Response(200, json={})
-            await asyncio.sleep(0.01)
-        raise AssertionError("the gate was never opened")  # pragma: no cover
-
-    @property
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self)
 
 
 def test_same_options_and_calls_as_the_async_client() -> None:
@@ -248,10 +222,11 @@ def test_wait_true_raises_delivery_errors(make: Make, recorder: EnchargeRecorder
     assert client.stats.failed == 2
 
 
-def test_wait_true_times_out_and_close_cuts_the_drain_short(make: Make) -> None:
-    gate = Gate()
+def test_wait_true_times_out_and_close_cuts_the_drain_short(
+    make: Make, held: EnchargeRecorder
+) -> None:
     drops: list[DropReason] = []
-    client = make(transport=gate.transport, on_drop=lambda e, reason: drops.append(reason))
+    client = make(transport=held, on_drop=lambda e, reason: drops.append(reason))
     with pytest.raises(TimeoutError):
         client.track("Held", user_id=1, wait=True, timeout=0.1)
     client.track("Held too", user_id=2)
@@ -260,19 +235,19 @@ def test_wait_true_times_out_and_close_cuts_the_drain_short(make: Make) -> None:
     assert result == FlushResult(delivered=0, failed=0, dropped=2)
     assert drops == [DropReason.SHUTDOWN, DropReason.SHUTDOWN]
     assert client.close() is result  # idempotent
-    gate.open()
+    held.release()
 
 
-def test_close_waits_for_the_queue(make: Make) -> None:
-    gate = Gate()
-    client = make(transport=gate.transport, max_concurrency=2)
+def test_close_waits_for_the_queue(make: Make, held: EnchargeRecorder) -> None:
+    client = make(transport=held, max_concurrency=2)
     for i in range(5):
         client.track("Held", user_id=i)
-    assert gate.arrived.wait(5)
-    threading.Timer(0.05, gate.open).start()
+    held.wait_for_requests_blocking(1)
+    # Whenever the timer fires, the outcome is the same: not a synchronisation.
+    threading.Timer(0.05, held.release).start()
     result = client.close()
     assert (result.failed, result.dropped, client.stats.delivered) == (0, 0, 5)
-    assert len(gate.requests) == 5
+    assert held.received == 5
 
 
 def test_calls_after_close_raise_and_close_is_idempotent(make: Make) -> None:
@@ -311,15 +286,14 @@ def test_context_manager_closes(make: Make, recorder: EnchargeRecorder) -> None:
     assert _client_threads() == []
 
 
-def test_concurrent_closes_share_one_result(make: Make) -> None:
-    gate = Gate()
-    client = make(transport=gate.transport)
+def test_concurrent_closes_share_one_result(make: Make, held: EnchargeRecorder) -> None:
+    client = make(transport=held)
     client.track("E", user_id=1)
     results: list[FlushResult] = []
     closers = [threading.Thread(target=lambda: results.append(client.close())) for _ in range(3)]
     for closer in closers:
         closer.start()
-    gate.open()
+    held.release()
     for closer in closers:
         closer.join(10)
     assert len(results) == 3
@@ -328,16 +302,16 @@ def test_concurrent_closes_share_one_result(make: Make) -> None:
     assert client.stats.delivered == 1
 
 
-def test_overflow_block_blocks_the_calling_thread(make: Make) -> None:
-    gate = Gate()
-    client = make(transport=gate.transport, max_concurrency=1, max_queue_size=1, overflow="block")
+def test_overflow_block_blocks_the_calling_thread(make: Make, held: EnchargeRecorder) -> None:
+    client = make(transport=held, max_concurrency=1, max_queue_size=1, overflow="block")
     client.track("flying", user_id=1)
-    assert gate.arrived.wait(5)
+    held.wait_for_requests_blocking(1)
     client.track("queued", user_id=2)
     with pytest.raises(QueueFullError):
         client.track("no room", user_id=3, timeout=0.05)
-    threading.Timer(0.05, gate.open).start()
-    client.track("room made", user_id=4, timeout=5)  # blocks until the gate opens
+    # Whenever the timer fires, the outcome is the same: not a synchronisation.
+    threading.Timer(0.05, held.release).start()
+    client.track("room made", user_id=4, timeout=5)  # blocks until the release makes room
     client.close()
     assert client.stats.delivered == 3
     assert client.stats.enqueued == 3
@@ -389,21 +363,22 @@ def test_hooks_run_on_the_client_thread_and_cannot_block_it(
     assert [e.message_id for e in recorder.events][1] == seen[1]
 
 
-def test_the_exit_handler_closes_started_clients(make: Make, recorder: EnchargeRecorder) -> None:
-    gate = Gate()
-    held = make(transport=gate.transport, atexit_timeout=0.1)
-    held.track("Held", user_id=1)
+def test_the_exit_handler_closes_started_clients(
+    make: Make, recorder: EnchargeRecorder, held: EnchargeRecorder
+) -> None:
+    stuck = make(transport=held, atexit_timeout=0.1)
+    stuck.track("Held", user_id=1)
     client = make()
     client.track("E", user_id=1)
-    assert {held, client} <= _sync._started_clients
-    assert gate.arrived.wait(5)
+    assert {stuck, client} <= _sync._started_clients
+    held.wait_for_requests_blocking(1)
     _sync._close_at_exit()
     assert client.stats.delivered == 1
-    assert held.stats.dropped == 1  # its atexit_timeout ran out
+    assert stuck.stats.dropped == 1  # its atexit_timeout ran out
     assert _client_threads() == []
     with pytest.raises(ClientClosedError):
         client.track("E", user_id=1)
-    gate.open()
+    held.release()
 
 
 def test_a_start_that_fails_is_reported_and_retried(
@@ -430,7 +405,7 @@ def test_a_start_that_hangs_is_abandoned(
     original = slow.__aenter__
 
     async def slow_enter() -> AsyncEncharge:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # a start slower than _START_TIMEOUT, on purpose
         result = await original()
         entered.set()
         return result
@@ -440,11 +415,8 @@ def test_a_start_that_hangs_is_abandoned(
     with pytest.raises(EventLoopError, match="did not start"):
         client.track("E", user_id=1)
     assert entered.wait(5)
-    for _ in range(500):  # the late thread closes its client and ends (bounded)
-        if len(_client_threads()) == 0:
-            break
-        time.sleep(0.01)
-    assert _client_threads() == []
+    # The late thread closes its client and ends.
+    block_until(lambda: _client_threads() == [])
     assert slow.stats.enqueued == 0
     monkeypatch.setattr(_sync, "_START_TIMEOUT", 10.0)
     client.track("E", user_id=1)
@@ -523,17 +495,15 @@ def test_forked_child_starts_its_own_thread(make: Make, recorder: EnchargeRecord
     try:
         client.track("parent again", user_id=1)
         assert _delivered(client) == 2
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+        statuses: list[int] = []
+
+        def child_ended() -> bool:
             done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            time.sleep(0.01)
-        else:  # pragma: no cover - a hung child
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child did not finish")
-        assert os.WEXITSTATUS(status) == 0
+            statuses.append(status)
+            return bool(done)
+
+        block_until(child_ended, timeout=15, what="the forked child ended")  # finally kills it
+        assert os.WEXITSTATUS(statuses[-1]) == 0
         with os.fdopen(read_end, "rb") as pipe:
             report = json.loads(pipe.read() or b"{}")
     finally:
@@ -558,7 +528,8 @@ import asyncio, sys, httpx
 from encharge_async import Encharge
 
 async def handle(request):
-    # Still in flight when the script ends: only the exit handler can deliver them.
+    # Still in flight when the script ends (a slow server, on purpose): only the exit
+    # handler can deliver them.
     await asyncio.sleep(3600 if sys.argv[1] == "hang" else 0.3)
     print(request.read().decode(), flush=True)
     return httpx.Response(200, json={})
@@ -575,6 +546,7 @@ print("exiting", flush=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("mode", "atexit_timeout", "expected"), [("deliver", "10", 5), ("hang", "0.2", 0)]
 )
@@ -605,7 +577,7 @@ def test_calls_racing_the_end_of_the_loop(make: Make) -> None:
 
     async def long_call() -> None:
         started.set()
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # still running when the loop ends, on purpose
 
     def call_in_flight() -> None:
         try:
@@ -673,6 +645,7 @@ for i in range(20):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_exit_handler_can_open_connections_to_a_host_name() -> None:
     # At exit, ThreadPoolExecutor refuses work, and asyncio resolves host names in one:

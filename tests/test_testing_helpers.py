@@ -362,3 +362,103 @@ async def test_the_documented_failure_message() -> None:
         "  2. track 'Registered user' "
         '{"properties": {"plan": "Free"}, "user": {"email": "jon@example.com"}}'
     )
+
+
+# -- hold() / release() ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_held_requests_wait_in_flight_until_released() -> None:
+    async with FakeAsyncEncharge(max_concurrency=1) as encharge:
+        encharge.recorder.hold()
+        for i in range(3):
+            await encharge.track("Held", user_id=i)
+        assert await encharge.recorder.wait_for_requests(1) == 1
+        assert (encharge.recorder.held, encharge.stats.in_flight) == (1, 1)
+        assert (encharge.stats.queued, encharge.recorder.requests) == (2, [])
+
+        encharge.recorder.release(1)  # that one is answered; the next one is held
+        await encharge.recorder.wait_for_requests(2)
+        assert encharge.recorder.held == 1
+        assert [r.user["userId"] for r in encharge.recorder.requests] == [0]
+
+        encharge.recorder.release()  # all of them, and stop holding
+        await encharge.track("Not held", user_id=9)
+        await encharge.assert_tracked("Held", count=3)
+        await encharge.assert_tracked("Not held")
+        assert (encharge.recorder.held, encharge.recorder.received) == (0, 4)
+
+
+@pytest.mark.anyio
+async def test_release_n_lets_the_next_requests_through_when_fewer_are_held() -> None:
+    async with FakeAsyncEncharge(max_concurrency=1) as encharge:
+        encharge.recorder.hold()
+        encharge.recorder.release(2)  # credits for the next two requests
+        for i in range(3):
+            await encharge.track("E", user_id=i)
+        await encharge.recorder.wait_for_requests(3)
+        assert encharge.recorder.held == 1
+        assert len(encharge.recorder.events) == 2
+        encharge.recorder.release()
+
+
+@pytest.mark.anyio
+async def test_fail_next_applies_to_released_requests() -> None:
+    async with FakeAsyncEncharge(max_retries=0) as encharge:
+        encharge.recorder.hold()
+        encharge.recorder.fail_next(400)
+        await encharge.track("Refused", user_id=1)
+        await encharge.recorder.wait_for_requests(1)
+        encharge.recorder.release()
+        result = await encharge.settle()
+    assert (result.failed, encharge.recorder.requests[0].status) == (1, 400)
+
+
+@pytest.mark.anyio
+async def test_held_requests_leave_when_the_client_gives_up() -> None:
+    encharge = FakeAsyncEncharge(shutdown_timeout=0.05)
+    async with encharge:
+        encharge.recorder.hold()
+        await encharge.track("Held", user_id=1)
+        await encharge.recorder.wait_for_requests(1)
+    assert (encharge.stats.dropped, encharge.recorder.held) == (1, 0)
+
+
+@pytest.mark.anyio
+async def test_wait_for_requests_times_out_with_a_clear_message() -> None:
+    recorder = EnchargeRecorder()
+    recorder.hold()
+    with pytest.raises(TimeoutError, match=r"^0 of 1 requests arrived within 0\.01s \(0 held\)$"):
+        await recorder.wait_for_requests(1, timeout=0.01)
+    with pytest.raises(TimeoutError, match="0 of 2 requests"):
+        recorder.wait_for_requests_blocking(2, timeout=0.01)
+    with pytest.raises(ValueError, match="at least 1"):
+        recorder.release(0)
+
+
+def test_the_sync_fake_holds_and_releases_across_threads() -> None:
+    with FakeEncharge(max_concurrency=1) as encharge:
+        encharge.recorder.hold()
+        encharge.track("Held", user_id=1)
+        encharge.track("Queued", user_id=2)
+        assert encharge.recorder.wait_for_requests_blocking(1) == 1
+        assert encharge.flush(timeout=0.01).pending == 2
+        assert encharge.recorder.held == 1
+        encharge.recorder.release()
+        encharge.assert_tracked("Queued")
+        encharge.assert_tracked("Held")
+
+
+@pytest.mark.anyio
+async def test_clear_keeps_held_requests_held() -> None:
+    async with FakeAsyncEncharge() as encharge:
+        await encharge.track("Before", user_id=1)
+        await encharge.settle()
+        encharge.recorder.hold()
+        await encharge.track("Held", user_id=2)
+        await encharge.recorder.wait_for_requests(2)
+        encharge.recorder.clear()
+        assert (encharge.recorder.received, encharge.recorder.held) == (1, 1)
+        encharge.recorder.release()
+        await encharge.assert_tracked("Held")
+        await encharge.assert_not_tracked("Before")

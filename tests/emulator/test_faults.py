@@ -63,6 +63,7 @@ async def _statuses(emu: Emulator, client: httpx.AsyncClient, n: int) -> list[in
     return [(await client.post(emu.url, json=EVENT, headers=HEADERS)).status_code for _ in range(n)]
 
 
+@pytest.mark.slow
 async def test_error_faults_are_deterministic_for_a_seed(client: httpx.AsyncClient):
     runs = []
     for _ in range(2):

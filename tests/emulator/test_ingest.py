@@ -287,7 +287,7 @@ async def test_counts_duplicates_by_idempotency_key(emu: Emulator, post: Post):
 
 async def test_wait_for_events_waits_then_returns_all(emu: Emulator, post: Post):
     waiter = asyncio.create_task(emu.wait_for_events(3, timeout=5))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # not a wait: one loop turn, so that the waiter starts first
     for _ in range(3):
         await post(SIGNUP)
     records = await asyncio.wait_for(waiter, 5)

@@ -79,6 +79,7 @@ def _run_pytest(directory: Path, *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
+@pytest.mark.slow
 def test_fixture_under_pytest_asyncio_strict_mode(tmp_path: Path):
     (tmp_path / "conftest.py").write_text(
         "from encharge_async.pytest_plugin import encharge_emulator\n"
@@ -92,6 +93,7 @@ def test_fixture_under_pytest_asyncio_strict_mode(tmp_path: Path):
     assert "3 passed" in result.stdout
 
 
+@pytest.mark.slow
 def test_fixture_without_pytest_asyncio_runs_under_anyio(tmp_path: Path):
     # Load the plugin afresh with pytest_asyncio made unimportable.
     (tmp_path / "conftest.py").write_text(

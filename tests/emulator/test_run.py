@@ -99,6 +99,7 @@ def test_run_emulator_refuses_no_write_key():
         run_emulator("127.0.0.1", 0, [])
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_run_emulator_in_a_process_stops_on_sigterm():
     code = (

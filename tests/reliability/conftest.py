@@ -42,7 +42,7 @@ async def main():
 
         async def flipper():
             while True:
-                await asyncio.sleep(flip)
+                await asyncio.sleep(flip)  # the fault schedule's pace, on purpose
                 faults = emulator.faults
                 faults.drop_mode = "after" if faults.drop_mode == "before" else "before"
 

@@ -44,6 +44,7 @@ from hypothesis import strategies as st
 from encharge_async import AsyncEncharge, ValidationError
 from encharge_async.emulator._validate import validate as emulator_validate
 
+from ..conftest import wait_until
 from .conftest import Stopwatch, summary
 
 KEY = "wk-storm-0123456789"
@@ -55,6 +56,9 @@ STORM_RANDOM = os.environ.get("RELIABILITY_STORM_RANDOM") == "1"
 HELD_PERSON = f"held-{uuid.uuid4()}"  # never drawn by the strategies
 HELD_EVENTS = 20
 WAIT_TIMEOUT = 10.0
+
+# Soak, fault and crash tests: the full suite runs them.
+pytestmark = pytest.mark.slow
 
 
 # -- values -------------------------------------------------------------------------------
@@ -529,9 +533,9 @@ class Storm:
 
     def delivered(self, message_ids: list[str]) -> dict[str, bytes]:
         async def wait() -> None:
-            with anyio.fail_after(WAIT_TIMEOUT):
-                while not all(m in self.recorder.bodies for m in message_ids):  # noqa: ASYNC110
-                    await anyio.sleep(0.001)
+            await wait_until(
+                lambda: all(m in self.recorder.bodies for m in message_ids), WAIT_TIMEOUT
+            )
 
         self.portal.call(wait)
         return {m: self.recorder.bodies.pop(m) for m in message_ids}

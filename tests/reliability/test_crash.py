@@ -40,6 +40,7 @@ from encharge_async import AsyncEncharge, SpoolMode
 from encharge_async._spool import AppendResult, Spool, SpooledEvent
 from encharge_async.emulator import Emulator
 
+from ..conftest import wait_drained, wait_until
 from .conftest import (
     START_TIMEOUT,
     Stopwatch,
@@ -50,6 +51,7 @@ from .conftest import (
 )
 
 pytestmark = [
+    pytest.mark.slow,  # soak, fault and crash tests: the full suite runs them
     pytest.mark.anyio,
     pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL"),
 ]
@@ -98,7 +100,7 @@ async def main():
             n += 1
             # Paced like an app serving requests. Without a pause, asyncio never delivers
             # anything while the calls go on (test_always_mode_delivers_during_a_stream_of_calls).
-            await asyncio.sleep(0.0005)
+            await asyncio.sleep(0.0005)  # the pace, on purpose
 
 asyncio.run(main())
 """
@@ -141,11 +143,11 @@ async def test_kill_9_at_a_random_moment_loses_nothing_acknowledged(tmp_path: Pa
 
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(read_acknowledgements)
-                    with anyio.fail_after(START_TIMEOUT):
-                        while not acknowledged and process.returncode is None:  # noqa: ASYNC110
-                            await anyio.sleep(0.01)
+                    await wait_until(
+                        lambda: acknowledged or process.returncode is not None, START_TIMEOUT
+                    )
                     assert acknowledged, f"the child failed:\n{stderr_path.read_text()}"
-                    await anyio.sleep(kill_after)
+                    await anyio.sleep(kill_after)  # a random moment to kill at: what is tested
                     process.kill()  # SIGKILL; the reader ends at end of stream
                     with anyio.fail_after(START_TIMEOUT):
                         await process.wait()
@@ -155,7 +157,8 @@ async def test_kill_9_at_a_random_moment_loses_nothing_acknowledged(tmp_path: Pa
                         process.kill()
                     await stop_process(process)
         assert process.returncode == -9, stderr_path.read_text()
-        # Requests the dead process had sent may still land (after the latency).
+        # Requests the dead process had sent may still land (after the latency, 30 ms at
+        # most); nothing announces the last one, so give them ten times that.
         await anyio.sleep(0.3)
         restarted_at = time.monotonic()  # what arrives before comes from the dead process
 
@@ -167,10 +170,7 @@ async def test_kill_9_at_a_random_moment_loses_nothing_acknowledged(tmp_path: Pa
             max_retries=10_000,
         ) as again:
             left_in_spool = again.stats.spooled
-            with anyio.fail_after(RESUME_TIMEOUT):
-                while again.stats.spooled or again.stats.queued or again.stats.in_flight:
-                    await again.flush(timeout=1)
-                    await anyio.sleep(0.01)
+            await wait_drained(again, RESUME_TIMEOUT)
         records = emu.events
         fault_counts = emu.fault_counts
 
@@ -250,16 +250,27 @@ async def test_always_mode_delivers_during_a_stream_of_calls(tmp_path: Path) -> 
 
 
 class SlowDisk(Spool):
-    """A spool on a slow disk: reads take 50 ms more, writes 100 ms more."""
+    """A spool on a slow disk: reads take 50 ms more, writes 100 ms more.
+
+    `loading` is set when a read begins, `appended` when a write has ended.
+    """
+
+    loading: anyio.Event | None = None
+    appended: anyio.Event | None = None
 
     async def load(self, *, limit: int, after: int | None = None) -> list[SpooledEvent]:
+        if self.loading is not None:
+            self.loading.set()
         page = await super().load(limit=limit, after=after)
-        await anyio.sleep(0.05)
+        await anyio.sleep(0.05)  # the slow disk, on purpose
         return page
 
     async def append(self, events: Sequence[SpooledEvent], *, front: bool = False) -> AppendResult:
-        await anyio.sleep(0.1)
-        return await super().append(events, front=front)
+        await anyio.sleep(0.1)  # the slow disk, on purpose
+        result = await super().append(events, front=front)
+        if self.appended is not None:
+            self.appended.set()
+        return result
 
 
 @pytest.mark.parametrize(
@@ -275,6 +286,9 @@ async def test_an_event_spilled_at_start_is_not_stranded(
         return httpx.Response(200)
 
     spool = await SlowDisk.open(tmp_path / "slow.spool")
+    assert isinstance(spool, SlowDisk)
+    loading = spool.loading = anyio.Event()
+    appended = spool.appended = anyio.Event()
     async with AsyncEncharge(
         KEY,
         transport=httpx.MockTransport(answer),
@@ -282,9 +296,11 @@ async def test_an_event_spilled_at_start_is_not_stranded(
         spool_mode=spool_mode,
         shutdown_timeout=0.2,
     ) as client:
-        await anyio.sleep(0.01)  # the client is reading its (empty) spool
+        with anyio.fail_after(5):
+            await loading.wait()  # the client is reading its (empty) spool
         first = await client.track("Step", user_id="p0", properties={"n": 0})  # being written
-        await anyio.sleep(0.2)
+        with anyio.fail_after(5):
+            await appended.wait()
         second = await client.track("Step", user_id="p0", properties={"n": 1})
         result = await client.flush(timeout=0.5)
     assert sent == [first, second]  # [second]: the first is stranded

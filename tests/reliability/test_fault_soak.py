@@ -27,7 +27,11 @@ from encharge_async import AsyncEncharge, DeliveryError
 
 from .conftest import Stopwatch, child_emulator, collect_logs, summary
 
-pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+pytestmark = [
+    pytest.mark.slow,  # soak, fault and crash tests: the full suite runs them
+    pytest.mark.anyio,
+    pytest.mark.parametrize("anyio_backend", ["asyncio"]),
+]
 
 #: Events sent. The issue asks for 20,000, but delivery is bound by the client's CPU
 #: (~1,100-1,400 events/s with the faults' retries, on 2 shared cores): 20,000 take

@@ -45,6 +45,9 @@ from .conftest import Stopwatch, child_emulator, summary
 # measured too.
 CHILD_ENV = "ENCHARGE_LOOP_HEALTH_CHILD"
 
+# Soak, fault and crash tests: the full suite runs them.
+pytestmark = pytest.mark.slow
+
 
 KEY = "wk-loop-0123456789"
 LOOP_EVENTS = 50_000
@@ -65,7 +68,7 @@ class Ticker:
     async def run(self) -> None:
         while True:
             start = time.perf_counter()
-            await anyio.sleep(TICK)
+            await anyio.sleep(TICK)  # the measurement itself: how late does it wake?
             self.stalls.append(max(0.0, time.perf_counter() - start - TICK))
 
     def figures(self) -> dict[str, Any]:
@@ -158,15 +161,15 @@ async def test_the_loop_never_stalls_while_a_backlog_drains(
                         if n % CHUNK == CHUNK - 1:
                             await anyio.lowlevel.checkpoint()
                     queued_at = clock.elapsed
-                    await anyio.sleep(DRAIN_WINDOW)
+                    await anyio.sleep(DRAIN_WINDOW)  # a measured window, on purpose
                     tg.cancel_scope.cancel()
             drained = client.stats
             closing = Ticker()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(closing.run)
-                await anyio.sleep(TICK)
+                await anyio.sleep(TICK)  # measured windows around the close, on purpose
                 await client.aclose()  # drops the backlog left
-                await anyio.sleep(2 * TICK)
+                await anyio.sleep(2 * TICK)  # (measured, as above)
                 tg.cancel_scope.cancel()
 
     figures = ticker.figures()

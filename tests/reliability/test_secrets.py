@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 import tenacity
 
@@ -38,9 +37,14 @@ from encharge_async import (
 )
 from encharge_async.emulator import Emulator
 
+from ..conftest import wait_until
 from .conftest import Stopwatch, summary
 
-pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+pytestmark = [
+    pytest.mark.slow,  # soak, fault and crash tests: the full suite runs them
+    pytest.mark.anyio,
+    pytest.mark.parametrize("anyio_backend", ["asyncio"]),
+]
 
 SECRET = f"wk_live_{uuid.uuid4().hex}"
 MARKER = f"marker-{uuid.uuid4().hex}"
@@ -190,7 +194,7 @@ async def test_the_write_key_leaks_nowhere(
                 faults.latency = 5.0
                 for n in range(5):
                     await client.track("kept", user_id=f"k{n}", properties={"m": MARKER})
-                await anyio.sleep(0.1)
+                await wait_until(lambda: client.stats.queued == 0)  # all in flight
                 evidence.objects(client, client.stats)
                 modes.update(evidence.spool_files(path))  # while it runs
             closed = await client.aclose()
@@ -223,7 +227,7 @@ async def test_the_write_key_leaks_nowhere(
             async with dropping:
                 for n in range(5):
                     dropping.track_nowait("dropped", user_id="d", properties={"n": n})
-                await anyio.sleep(0.05)
+                await wait_until(lambda: dropping.stats.in_flight == 1)
             evidence.objects(dropping, dropping.stats, await dropping.aclose())
             faults.clear()
 

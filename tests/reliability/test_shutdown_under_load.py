@@ -39,9 +39,11 @@ from encharge_async import AsyncEncharge
 from encharge_async._spool import Spool
 from encharge_async.emulator import Emulator
 
+from ..conftest import wait_drained
 from .conftest import START_TIMEOUT, STOP_TIMEOUT, Stopwatch, child_env, summary
 
 pytestmark = [
+    pytest.mark.slow,  # soak, fault and crash tests: the full suite runs them
     pytest.mark.anyio,
     pytest.mark.parametrize("anyio_backend", ["asyncio"]),  # uvicorn and the emulator
     pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals"),
@@ -198,7 +200,7 @@ class Load:
                 elif not self.sigterm_sent:
                     self.refused_before_sigterm.append(f"{response.status_code} {response.text}")
                 j += 1
-                await anyio.sleep(PAUSE)
+                await anyio.sleep(PAUSE)  # the load's pace, on purpose
 
 
 async def run_load_and_sigterm(app: App) -> tuple[Load, float]:
@@ -209,7 +211,7 @@ async def run_load_and_sigterm(app: App) -> tuple[Load, float]:
         async with anyio.create_task_group() as tg:
             for k in range(SENDERS):
                 tg.start_soon(load.sender, k)
-            await anyio.sleep(STREAM_BEFORE_SIGTERM)
+            await anyio.sleep(STREAM_BEFORE_SIGTERM)  # a measured window of load, on purpose
             load.sigterm_sent = True
             sent_at = time.monotonic()
             app.process.send_signal(signal.SIGTERM)
@@ -284,10 +286,7 @@ async def test_sigterm_with_a_spool_keeps_what_it_cannot_drain(tmp_path: Path) -
         async with AsyncEncharge(
             KEY, endpoint=emulator.url, spool=path, retry_wait=tenacity.wait_none()
         ) as again:
-            with anyio.fail_after(30):
-                while again.stats.spooled or again.stats.queued or again.stats.in_flight:
-                    await again.flush(timeout=1)
-                    await anyio.sleep(0.01)
+            await wait_drained(again, timeout=30)
         arrived = [record.idempotency_key for record in emulator.events]
 
     assert app.process.returncode in (0, -signal.SIGTERM), app.log()
