@@ -165,8 +165,11 @@ class Ledger:
         if self._on_error is not None:
             self._call_hook("on_error", self._on_error, error)
 
-    def record_dropped(self, entry: Entry, reason: DropReason) -> None:
-        """Count and report a dropped event (the queue has already let go of it)."""
+    def record_dropped(self, entry: Entry, reason: DropReason, *, logged: bool = False) -> None:
+        """Count and report a dropped event (the queue has already let go of it).
+
+        `logged`: the caller logs a line of its own covering this drop (shutdown does).
+        """
         if entry.waiter is not None:
             entry.waiter.error = DeliveryError(
                 f"dropped ({reason.value})",
@@ -175,7 +178,8 @@ class Ledger:
                 event=entry,
             )
         self._finish(entry, DROPPED)
-        self._drops.note(reason.value)
+        if not logged:
+            self._drops.note(reason.value)
         if self._on_drop is not None:
             self._call_hook("on_drop", self._on_drop, entry, reason)
 

@@ -268,10 +268,11 @@ class Pipeline:
         if self.spooler is not None:
             held, lost = await self.spooler.close(left)
         for entry in lost:
-            self.ledger.record_dropped(entry, DropReason.SHUTDOWN)
+            self.ledger.record_dropped(entry, DropReason.SHUTDOWN, logged=True)
         if lost:
             logger.warning(
-                "the shutdown timeout (%gs) ran out: %d undelivered event(s) dropped",
+                "the shutdown timeout (%gs) ran out: %d undelivered event(s) dropped "
+                "(see on_drop; a spool= keeps them for the next start)",
                 timeout,
                 len(lost),
             )

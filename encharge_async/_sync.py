@@ -623,18 +623,8 @@ class Encharge:
         stop = self._stop
         assert stop is not None
         try:
-            if timeout is None or timeout >= self._shutdown_timeout:
-                return await client.aclose()
-            before = client.stats
-            with anyio.move_on_after(timeout):
-                return await client.aclose()
-            # Cut short: aclose() has dropped what was left; report what the close did.
-            after = client.stats
-            return FlushResult(
-                delivered=after.delivered - before.delivered,
-                failed=after.failed - before.failed,
-                dropped=after.dropped - before.dropped,
-            )
+            bound = None if timeout is None else min(timeout, self._shutdown_timeout)
+            return await client.aclose(bound)
         finally:
             stop.set()
 

@@ -350,15 +350,20 @@ async def test_default_transport_with_respx_and_tls_verification() -> None:
 async def test_logs_are_quiet_by_default_and_never_hold_payloads(
     make_client: ClientFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="encharge_async")
+    caplog.set_level(logging.DEBUG, logger="encharge_async")
     recorder = Recorder(lambda request: httpx.Response(500))
     async with make_client(transport=httpx.MockTransport(recorder), max_retries=2) as client:
         await client.track("E", user_id=1, properties={"secret-payload": "value-xyz"})
         await client.flush(timeout=5)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "value-xyz" not in text
-    (record,) = caplog.records
-    assert record.levelno == logging.WARNING
-    assert "gave up after 3 attempts" in record.getMessage()
+    # One WARNING for the failure (a count, the latest reason); the retries are DEBUG.
+    (warning,) = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert warning.levelno == logging.WARNING
+    assert "1 event(s) failed for good" in warning.getMessage()
+    assert "gave up after 3 attempts" in warning.getMessage()
+    # Per event, at DEBUG, with structured fields for log pipelines.
+    (record,) = [r for r in caplog.records if "gave up" in r.getMessage() and r is not warning]
+    assert record.levelno == logging.DEBUG
     assert record.status == 500  # type: ignore[attr-defined]
     assert record.attempt == 3  # type: ignore[attr-defined]

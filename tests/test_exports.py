@@ -15,6 +15,7 @@ def test_public_names() -> None:
         "DropReason",
         "Encharge",
         "EnchargeError",
+        "ErrorInfo",
         "Event",
         "EventLoopError",
         "FlushResult",
