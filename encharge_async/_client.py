@@ -12,6 +12,7 @@ import enum
 import logging
 import os
 import ssl
+import warnings
 import weakref
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -478,6 +479,7 @@ class AsyncEncharge:
         spool if there is one, else counted in `stats.dropped` and reported to `on_drop`
         with `DropReason.SHUTDOWN`. Returns what happened to the events that were pending
         (also when `aclose()` itself is cancelled). Calling it again returns the same result.
+        On a client whose event loop has ended, it only marks the client closed.
 
         Raises:
             EventLoopError: called from an event loop other than the client's.
@@ -494,6 +496,13 @@ class AsyncEncharge:
             self._intake.close()
             self._close_result = FlushResult()
             await self._pipeline.dispatcher.aclose()  # the user's transport, if any
+            return self._close_result
+        if self._state is ClientState.OPEN and self._pipeline.ended:
+            # Its event loop ended under it (the runner delivered what it could on the way
+            # out and reported the rest): there is nothing left to close but the state.
+            self._state = ClientState.CLOSED
+            self._close_result = FlushResult()
+            await anyio.lowlevel.checkpoint()
             return self._close_result
         self._check_loop()
         assert self._closed is not None
@@ -576,6 +585,17 @@ class AsyncEncharge:
         """For `encharge_async.otel`: call `listener(event, seconds since its first attempt)`
         as each event is delivered; returns the function that stops it."""
         return self._pipeline.ledger.add_delivery_listener(listener)
+
+    def __del__(self) -> None:
+        # As aiohttp does for sessions: a client collected while open had no clean close.
+        if getattr(self, "_state", None) in (ClientState.OPEN, ClientState.CLOSING):
+            warnings.warn(
+                f"unclosed {self!r}: close it with `async with AsyncEncharge(...)` or "
+                "`await client.aclose()` in the app's shutdown",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
+            )
 
     def _after_fork_in_child(self) -> None:  # pragma: no cover - runs in forked children
         # The parent's loop, sockets and queue are not ours: start clean, lazily.

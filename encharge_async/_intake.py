@@ -54,6 +54,11 @@ class Intake:
         # Whether the spool can take events (so a full queue need not make anyone wait).
         self.can_spill: Callable[[], bool] = _never
 
+    @property
+    def handed_over(self) -> int:
+        """Events other threads handed over that the loop has not taken yet."""
+        return len(self._handed_over)
+
     def open(self, binding: LoopBinding, thread: int) -> None:
         self._binding = binding
         self._loop_thread = thread

@@ -76,6 +76,11 @@ class Pipeline:
     def binding(self) -> LoopBinding | None:
         return self._binding
 
+    @property
+    def ended(self) -> bool:
+        """Whether the runner has ended on its own (its loop ended, or it failed)."""
+        return self._runner_done is not None and self._runner_done.is_set()
+
     # -- start --------------------------------------------------------------------------------
 
     def start(self, binding: LoopBinding) -> None:
@@ -147,12 +152,56 @@ class Pipeline:
                     tg.start_soon(self.scheduler.run)
                     if self.spooler is not None:
                         tg.start_soon(self.spooler.run)
+        except anyio.get_cancelled_exc_class():
+            if not self.scheduler.closing:
+                # Cancelled from outside, not by aclose(): the event loop is ending
+                # (asyncio.run() returning) with the client still open.
+                with anyio.CancelScope(shield=True):
+                    await self._drain_unclosed()
+            raise
         except Exception as exc:
             # Never silent: say so, fail what is queued (on_error), and refuse new events.
             self._stopped(exc)
         finally:
             self.intake.close()
             self._runner_done.set()
+
+    async def _drain_unclosed(self) -> None:
+        """The loop is ending under an open client: deliver what is queued within
+        `shutdown_timeout` on the way out, then keep or drop (NOT_CLOSED) the rest."""
+        self.intake.close()
+        if not self.outstanding():
+            return
+        bound = self._config.shutdown_timeout
+        logger.warning(
+            "the event loop is ending but the client was never closed: delivering %d queued "
+            "event(s) within shutdown_timeout=%gs; close it in the app's shutdown (async with "
+            "AsyncEncharge(...), or await client.aclose())",
+            self.outstanding(),
+            bound,
+        )
+        self.begin_closing(bound)
+        with anyio.move_on_after(bound):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.dispatcher.run)
+                tg.start_soon(self.scheduler.run)
+                await self.flush(bound)
+                tg.cancel_scope.cancel()
+        left = self.queue.take_all()
+        self.scheduler.clear()
+        lost = left
+        if self.spooler is not None:
+            _, lost = await self.spooler.close(left)
+        for entry in lost:
+            self.ledger.record_dropped(entry, DropReason.NOT_CLOSED, logged=True)
+        if lost:
+            logger.warning(
+                "%d event(s) dropped: the client was never closed and its event loop ended "
+                "before they could be delivered (see on_drop, DropReason.NOT_CLOSED)",
+                len(lost),
+            )
+        await self.dispatcher.aclose()
+        self.ledger.report_pending()
 
     def _stopped(self, exc: Exception) -> None:
         self.failure = exc
@@ -176,15 +225,18 @@ class Pipeline:
     # -- state --------------------------------------------------------------------------------
 
     def stats(self) -> Stats:
+        """The counters, true when read from any thread: events other threads handed over
+        count as enqueued and queued as soon as their call returned."""
         ledger = self.ledger
         queue = self.queue
+        handed_over = self.intake.handed_over
         return Stats(
-            enqueued=queue.accepted,
+            enqueued=queue.accepted + handed_over,
             delivered=ledger.delivered,
             failed=ledger.failed,
             dropped=ledger.dropped,
             retried=ledger.retried,
-            queued=queue.count,
+            queued=queue.count + handed_over,
             in_flight=len(queue.in_flight),
             queued_bytes=queue.bytes,
             spooled=self.spooler.count if self.spooler is not None else 0,
@@ -198,7 +250,9 @@ class Pipeline:
         return self.queue.count + len(self.queue.in_flight) + spilled
 
     async def flush(self, timeout: float) -> FlushResult:
-        """Wait for the events accepted so far (see `AsyncEncharge.flush`)."""
+        """Wait for the events accepted so far (see `AsyncEncharge.flush`), those other
+        threads have handed over and the loop has not taken yet included."""
+        self.intake.take_handed_over()
         return await self.ledger.wait_for(self.queue.accepted, self.outstanding(), timeout)
 
     async def submit(self, entry: Entry, wait: bool, timeout: float | None) -> str:

@@ -13,6 +13,7 @@ import concurrent.futures
 import enum
 import logging
 import os
+import signal
 import ssl
 import threading
 import weakref
@@ -136,7 +137,12 @@ class Encharge:
 
     Takes the keyword arguments of `AsyncEncharge`, plus `atexit_timeout` (default:
     `shutdown_timeout`), the time the exit handler gives this client to deliver what is
-    queued.
+    queued, and `handle_sigterm`: Python's default SIGTERM ends the process without exit
+    handlers, so when SIGTERM still has that default disposition and the client is created
+    or started in the main thread, it installs a handler that closes the started clients
+    (each within its `atexit_timeout`) and then lets SIGTERM end the process as before
+    (the same exit status). A handler already installed (gunicorn's, uvicorn's, Celery's,
+    your own) is left alone. `handle_sigterm=False` opts out.
 
     Raises:
         ConfigurationError: as `AsyncEncharge` does, or for a bad `atexit_timeout`.
@@ -173,6 +179,7 @@ class Encharge:
         proxy: str | httpx.URL | None = None,
         trust_env: bool = True,
         atexit_timeout: float | None = None,
+        handle_sigterm: bool = True,
     ) -> None:
         self._config = Config.create(
             write_key,
@@ -213,8 +220,11 @@ class Encharge:
             if atexit_timeout is None
             else _config.check_seconds("atexit_timeout", atexit_timeout, allow_zero=True)
         )
+        self._handle_sigterm = _config.check_bool("handle_sigterm", handle_sigterm)
         self._reset_runtime()
         _all_clients.add(self)
+        if self._handle_sigterm:
+            _install_sigterm_handler()
 
     def _new_client(self) -> AsyncEncharge:
         # The one deliberate private call into AsyncEncharge: share the validated Config.
@@ -678,6 +688,41 @@ def _register_started(client: Encharge) -> None:
         if not _atexit_registered:
             atexit.register(_close_at_exit)
             _atexit_registered = True
+    if client._handle_sigterm:  # noqa: SLF001 - this module's own client
+        _install_sigterm_handler()
+
+
+_sigterm_installed = False
+
+
+def _install_sigterm_handler() -> None:
+    """Drain on SIGTERM when nobody else handles it (main thread only, default disposition).
+
+    Python's default SIGTERM ends the process at once, without exit handlers: `docker stop`,
+    systemd and Kubernetes would lose what is queued. Servers that own SIGTERM (gunicorn,
+    uvicorn, Celery) have their own handler, and run the exit handlers as they stop.
+    """
+    global _sigterm_installed
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - no SIGTERM here
+        return
+    _sigterm_installed = True
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Close the started clients (bounded), then end the process the way SIGTERM would."""
+    try:
+        if _started_clients:
+            logger.info("SIGTERM: delivering what is queued before exiting")
+            _close_at_exit()
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _close_at_exit() -> None:

@@ -41,6 +41,9 @@ class DropReason(str, enum.Enum):
     """The spool failed (disk error) while holding the event's only copy."""
     EXPIRED = "expired"
     """The event waited in the spool for longer than its `spool_max_age`."""
+    NOT_CLOSED = "not_closed"
+    """The client was never closed: its event loop ended (`asyncio.run()` returning) and the
+    event could not be delivered within `shutdown_timeout` on the way out."""
 
 
 BeforeSend: TypeAlias = "Callable[[dict[str, Any]], dict[str, Any] | None]"

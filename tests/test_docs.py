@@ -546,7 +546,7 @@ def _default(cell: str) -> object:
 def test_the_configuration_table_lists_every_keyword_with_its_default() -> None:
     page = "docs/reference/configuration.md"
     documented = _table(page, "## The clients' keywords")
-    extra = _table(page, "The sync client, `Encharge`, takes one more:")
+    extra = _table(page, "The sync client, `Encharge`, takes two more:")
     async_params = inspect.signature(AsyncEncharge).parameters
     sync_params = inspect.signature(Encharge).parameters
     assert list(documented) == list(async_params)
