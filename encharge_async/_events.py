@@ -24,8 +24,10 @@ __all__ = [
     "DROPPED",
     "FAILED",
     "FILTERED",
+    "FROM_EARLIER",
     "IN_FLIGHT",
     "QUEUED",
+    "SPOOLED",
     "Entry",
     "Event",
     "Waiter",
@@ -40,6 +42,11 @@ FAILED: Final = 3
 DROPPED: Final = 4
 # Never queued: `before_send` filtered it out.
 FILTERED: Final = 5
+
+# Entry.spooled: not through the spool, through it (this process's), or read back from
+# what an earlier process left in it.
+SPOOLED: Final = 1
+FROM_EARLIER: Final = 2
 
 
 def _message_id_prefix() -> str:
@@ -176,7 +183,7 @@ class Entry(Event):
         self.seq = 0
         self.state = QUEUED
         self.waiter: Waiter | None = None
-        self.spooled = False
+        self.spooled = 0  # SPOOLED, FROM_EARLIER
 
     # The rest of the scheduling state is set when the entry joins the ordering, in a
     # worker: the caller's line only pays for what the door needs.

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from ._constants import DROP_WARNING_INTERVAL
-from ._events import DELIVERED, DROPPED, FAILED, Entry, Event
+from ._events import DELIVERED, DROPPED, FAILED, FROM_EARLIER, Entry, Event
 from ._exceptions import DeliveryError
 from ._stats import ErrorInfo, FlushResult
 from ._types import DropReason, OnDelivered, OnDrop, OnError
@@ -28,11 +28,14 @@ logger = logging.getLogger("encharge_async")
 class FlushWaiter:
     """Counts down the events a flush() waits for: those accepted up to `target`."""
 
-    __slots__ = ("delivered", "done", "dropped", "failed", "remaining", "target")
+    __slots__ = ("delivered", "done", "dropped", "earlier", "failed", "remaining", "target")
 
-    def __init__(self, target: int, remaining: int) -> None:
+    def __init__(self, target: int, remaining: int, earlier: int = 0) -> None:
         self.target = target
-        self.remaining = remaining
+        # Also waited for: this many events an earlier process left in the spool, which are
+        # accepted (numbered) only as they are read back.
+        self.earlier = earlier
+        self.remaining = remaining + earlier
         self.delivered = self.failed = self.dropped = 0
         self.done = anyio.Event()
 
@@ -202,14 +205,20 @@ class Ledger:
             for waiter in self._flush_waiters:
                 if entry.seq <= waiter.target:
                     waiter.record(state)
+                elif entry.spooled == FROM_EARLIER and waiter.earlier > 0:
+                    waiter.earlier -= 1
+                    waiter.record(state)
 
     # -- flush --------------------------------------------------------------------------------
 
-    async def wait_for(self, target: int, outstanding: int, timeout: float) -> FlushResult:
-        """Wait until `outstanding` events accepted up to `target` have ended, or `timeout`."""
-        if outstanding <= 0:
+    async def wait_for(
+        self, target: int, outstanding: int, timeout: float, *, earlier: int = 0
+    ) -> FlushResult:
+        """Wait until `outstanding` events accepted up to `target`, and `earlier` events an
+        earlier process left in the spool, have ended; or `timeout`."""
+        if outstanding + earlier <= 0:
             return FlushResult()
-        waiter = FlushWaiter(target, outstanding)
+        waiter = FlushWaiter(target, outstanding, earlier)
         self._flush_waiters.append(waiter)
         try:
             with anyio.move_on_after(timeout):
@@ -219,6 +228,14 @@ class Ledger:
         return waiter.result()
 
     # -- reporting ----------------------------------------------------------------------------
+
+    def earlier_unreadable(self) -> None:
+        """An event an earlier process left could not be read back (a damaged row): flush()
+        calls waiting for it count it as failed rather than wait for it."""
+        for waiter in self._flush_waiters:
+            if waiter.earlier > 0:
+                waiter.earlier -= 1
+                waiter.record(FAILED)
 
     def report_pending(self) -> None:
         """Log what the throttled lines have counted and not said yet (at close)."""

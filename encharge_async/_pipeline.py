@@ -253,7 +253,10 @@ class Pipeline:
         """Wait for the events accepted so far (see `AsyncEncharge.flush`), those other
         threads have handed over and the loop has not taken yet included."""
         self.intake.take_handed_over()
-        return await self.ledger.wait_for(self.queue.accepted, self.outstanding(), timeout)
+        earlier = self.spooler.leftover if self.spooler is not None else 0
+        return await self.ledger.wait_for(
+            self.queue.accepted, self.outstanding(), timeout, earlier=earlier
+        )
 
     async def submit(self, entry: Entry, wait: bool, timeout: float | None) -> str:
         """The intake's waiting door, on the client's loop: room (`overflow="block"`), the

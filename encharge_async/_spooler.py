@@ -33,7 +33,7 @@ import anyio
 
 from ._builders import entry_from_wire
 from ._constants import SPOOL_CLOSE_TIMEOUT, SPOOL_LOAD_PAGE
-from ._events import DELIVERED, FAILED, Entry, Waiter
+from ._events import DELIVERED, FAILED, FROM_EARLIER, SPOOLED, Entry, Waiter
 from ._exceptions import DeliveryError, ValidationError
 from ._ledger import Ledger
 from ._queue import DeliveryQueue
@@ -102,6 +102,8 @@ class Spooler:
         self._loading = False
         self._acked_while_loading: set[str] = set()
         self.open_error: SpoolError | None = None
+        # Events an earlier process left that are not read back yet (flush() waits for them).
+        self.leftover = 0
 
     # -- called by the pipeline, on its loop ------------------------------------------------
 
@@ -136,7 +138,7 @@ class Spooler:
         else:
             queue.accept_returning(entry)
             self.resident.add(entry.message_id)
-        entry.spooled = True
+        entry.spooled = SPOOLED
         self.pending.append(entry)
         self.count += 1
         self._writer_wakeup.set()
@@ -209,6 +211,7 @@ class Spooler:
                 self._ledger.record_dropped(entry, DropReason.EXPIRED)
         stats = await self.spool.stats()
         self.count += stats.count
+        self.leftover = stats.count
         if stats.count:
             logger.info("resuming %d event(s) left in the spool %s", stats.count, self._describe())
         return True
@@ -236,7 +239,7 @@ class Spooler:
         for item in spilled:
             entry = item if isinstance(item, Entry) else read_back.get(item.message_id)
             if entry is not None:
-                entry.spooled = False
+                entry.spooled = 0
                 self._queue.accept_returning(entry)
         left = len(on_disk) - len(read_back)
         if left:
@@ -310,7 +313,7 @@ class Spooler:
             message_id = entry.message_id
             if message_id in refused_ids:
                 self.count -= 1
-                entry.spooled = False
+                entry.spooled = 0
                 self.resident.discard(message_id)
                 if self.spilled.pop(message_id, None) is not None:
                     # Not in memory either: nowhere left to keep it.
@@ -353,9 +356,12 @@ class Spooler:
                         self._forget_unreadable(spooled)
                         continue
                     entry = read
-                    entry.spooled = True
                     if known is not None:
+                        entry.spooled = SPOOLED
                         entry.seq, entry.waiter = known.seq, known.waiter
+                    else:
+                        entry.spooled = FROM_EARLIER
+                        self.leftover = max(0, self.leftover - 1)
                 self.resident.add(spooled.message_id)
                 self._queue.accept_returning(entry)
             self.resident.difference_update(acked)
@@ -402,6 +408,9 @@ class Spooler:
         self.acks.append(spooled.message_id)
         self.count -= 1
         self._writer_wakeup.set()
+        if spooled.message_id not in self.spilled:
+            self.leftover = max(0, self.leftover - 1)
+            self._ledger.earlier_unreadable()
 
     # -- shutdown -----------------------------------------------------------------------------
 

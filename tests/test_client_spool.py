@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import tenacity
 
 from encharge_async import (
     AsyncEncharge,
@@ -381,3 +382,78 @@ async def test_a_failing_spool_never_hands_hooks_an_emptied_event(
     assert all(body for body in hooked)
     assert sorted(json.loads(b)["properties"]["n"] for b in hooked) == list(range(11))
     assert order_by_person(held.bodies)["p"] == list(range(11))
+
+
+async def test_flush_delivers_what_an_earlier_process_left(
+    make_client: ClientFactory, held: EnchargeRecorder, tmp_path: Path
+) -> None:
+    """A "start, flush, close" script on a spool holding an earlier process's events must
+    not leave them on disk: flush() waits for them too."""
+    path = tmp_path / "events.spool"
+    async with make_client(transport=held, spool=path, shutdown_timeout=0.05) as first:
+        for n in range(30):
+            await first.track("Step", user_id=f"p{n % 3}", properties={"n": n})
+    assert (await first.aclose()).spooled == 30
+
+    recorder = Recorder()
+    async with make_client(transport=httpx.MockTransport(recorder), spool=path) as second:
+        result = await second.flush(timeout=10)
+        assert (result.delivered, result.pending) == (30, 0)
+        assert second.stats.spooled == 0
+    assert sorted(b["properties"]["n"] for b in recorder.bodies) == list(range(30))
+
+
+@pytest.mark.parametrize("mode", ["overflow", "always"])
+@pytest.mark.parametrize("otel", [False, True], ids=["plain", "otel"])
+async def test_a_restart_during_an_outage_retries_resumed_events(
+    tmp_path: Path, mode: str, otel: bool
+) -> None:
+    """Events an earlier process already tried (attempts > 0) retry and deliver like fresh
+    ones: none fails for an internal error, no person's lane stays held."""
+    import time
+
+    from encharge_async._builders import build_track
+    from encharge_async._spool import Spool, SpooledEvent
+
+    path = tmp_path / "events.spool"
+    spool = await Spool.open(path)
+    stored = [
+        SpooledEvent.from_event(build_track("Step", None, "p", None, {"n": n}, None, 10_000))
+        for n in range(5)
+    ]
+    await spool.append(
+        [
+            SpooledEvent(e.message_id, e.name, e.body, e.keys, time.time(), attempts=3)
+            for e in stored
+        ]
+    )
+    await spool.close()
+
+    recorder = EnchargeRecorder()
+    recorder.fail_next(503, count=5, attempts=2)  # the outage goes on after the restart
+    errors: list[DeliveryError] = []
+    client = AsyncEncharge(
+        WRITE_KEY,
+        endpoint=ENDPOINT,
+        transport=recorder,
+        spool=path,
+        spool_mode=mode,  # type: ignore[arg-type]
+        retry_wait=tenacity.wait_none(),
+        on_error=errors.append,
+    )
+    uninstrument = None
+    if otel:
+        from opentelemetry.sdk.metrics import MeterProvider
+
+        from encharge_async.otel import instrument
+
+        uninstrument = instrument(client, meter_provider=MeterProvider())
+    async with client:
+        await client.track("After", user_id="p", properties={"n": 5})
+        result = await client.flush(timeout=10)
+    if uninstrument is not None:
+        uninstrument()
+    assert errors == []
+    assert result.failed == 0
+    assert [b["properties"]["n"] for b in recorder.bodies] == list(range(6))
+    assert client.stats.spooled == 0
