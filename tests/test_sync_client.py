@@ -32,7 +32,7 @@ from encharge_async import (
     FlushResult,
     QueueFullError,
     ValidationError,
-    _sync,
+    _background,
 )
 from encharge_async.emulator import Emulator
 from encharge_async.testing import EnchargeRecorder
@@ -370,9 +370,9 @@ def test_the_exit_handler_closes_started_clients(
     stuck.track("Held", user_id=1)
     client = make()
     client.track("E", user_id=1)
-    assert {stuck, client} <= _sync._started_clients
+    assert {stuck._background, client._background} <= _background._started_loops
     held.wait_for_requests_blocking(1)
-    _sync._close_at_exit()
+    _background._close_at_exit()
     assert client.stats.delivered == 1
     assert stuck.stats.dropped == 1  # its atexit_timeout ran out
     assert _client_threads() == []
@@ -389,7 +389,7 @@ def test_a_start_that_fails_is_reported_and_retried(
     async def broken() -> AsyncEncharge:
         raise OSError("no certificates")
 
-    monkeypatch.setattr(client._client, "__aenter__", broken)
+    monkeypatch.setattr(client._background.client, "__aenter__", broken)
     with pytest.raises(OSError, match="no certificates"):
         client.track("E", user_id=1)
     client.track("E", user_id=1)  # a fresh client, started afresh
@@ -400,7 +400,7 @@ def test_a_start_that_hangs_is_abandoned(
     make: Make, monkeypatch: pytest.MonkeyPatch, recorder: EnchargeRecorder
 ) -> None:
     client = make()
-    slow = client._client
+    slow = client._background.client
     entered = threading.Event()
     original = slow.__aenter__
 
@@ -411,14 +411,14 @@ def test_a_start_that_hangs_is_abandoned(
         return result
 
     monkeypatch.setattr(slow, "__aenter__", slow_enter)
-    monkeypatch.setattr(_sync, "_START_TIMEOUT", 0.05)
+    monkeypatch.setattr(_background, "_START_TIMEOUT", 0.05)
     with pytest.raises(EventLoopError, match="did not start"):
         client.track("E", user_id=1)
     assert entered.wait(5)
     # The late thread closes its client and ends.
     block_until(lambda: _client_threads() == [])
     assert slow.stats.enqueued == 0
-    monkeypatch.setattr(_sync, "_START_TIMEOUT", 10.0)
+    monkeypatch.setattr(_background, "_START_TIMEOUT", 10.0)
     client.track("E", user_id=1)
     assert _delivered(client) == 1
 
@@ -429,36 +429,36 @@ def test_a_fork_the_at_fork_hooks_missed_is_detected(make: Make) -> None:
     client.track("E", user_id=1)
     client.flush(timeout=5)
     old_client, old_thread, old_loop, old_stop = (
-        client._client,
-        client._thread,
-        client._loop,
-        client._stop,
+        client._background.client,
+        client._background.thread,
+        client._background.loop,
+        client._background.stop,
     )
-    client._pid = -1  # as if this were a forked child
+    client._background.pid = -1  # as if this were a forked child
     assert client.stats.enqueued == 0  # a fresh client and queue
     assert _client_threads() == [old_thread]  # (this process is not really a child)
     client.track("In the child", user_id=1)
     assert _delivered(client) == 1
-    assert client._thread is not old_thread
+    assert client._background.thread is not old_thread
     # Stop what the "parent" left running.
     assert old_loop is not None
     assert old_stop is not None
     assert old_thread is not None
-    assert old_loop in _sync._orphaned_loops
-    _sync._orphaned_loops.remove(old_loop)
+    assert old_loop in _background._orphaned_loops
+    _background._orphaned_loops.remove(old_loop)
     asyncio.run_coroutine_threadsafe(old_client.aclose(), old_loop).result(5)
     old_loop.call_soon_threadsafe(old_stop.set)
     old_thread.join(5)
     assert not old_thread.is_alive()
 
     client.close()
-    client._pid = -1
+    client._background.pid = -1
     with pytest.raises(ClientClosedError):  # closed in the parent: closed in the child
         client.track("E", user_id=1)
     assert client.close() == FlushResult()
 
     never_started = make()
-    never_started._pid = -1
+    never_started._background.pid = -1
     assert never_started.stats.enqueued == 0
     never_started.track("E", user_id=1)
     assert _delivered(never_started) == 1
@@ -472,7 +472,9 @@ def test_forked_child_starts_its_own_thread(make: Make, recorder: EnchargeRecord
     read_end, write_end = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a threaded process
-        with client._lock:  # held by the parent at fork time: the child must not inherit it
+        with (
+            client._background.lock
+        ):  # held by the parent at fork time: the child must not inherit it
             pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe
         code = 1
@@ -576,7 +578,7 @@ def test_interpreter_exit_delivers_within_a_bound(
 def test_calls_racing_the_end_of_the_loop(make: Make) -> None:
     client = make()
     client.track("E", user_id=1)
-    loop = client._loop
+    loop = client._background.loop
     assert loop is not None
     started = threading.Event()
     outcome: list[BaseException] = []
@@ -587,7 +589,7 @@ def test_calls_racing_the_end_of_the_loop(make: Make) -> None:
 
     def call_in_flight() -> None:
         try:
-            client._run_on_loop(loop, long_call, 10)
+            client._background.run(loop, long_call, 10)
         except BaseException as exc:
             outcome.append(exc)
 
@@ -599,8 +601,10 @@ def test_calls_racing_the_end_of_the_loop(make: Make) -> None:
     assert [type(exc) for exc in outcome] == [ClientClosedError]
     # A call that arrives once the loop has closed.
     with pytest.raises(ClientClosedError):
-        client._run_on_loop(loop, long_call, 10)
-    client._state = _sync._State.CLOSING  # a flush that races the end of a close
+        client._background.run(loop, long_call, 10)
+    client._background.state = (
+        _background.LoopState.CLOSING
+    )  # a flush that races the end of a close
     assert client.flush() == FlushResult()
 
 
@@ -610,23 +614,23 @@ def test_a_stuck_background_thread_is_reported(
     release = threading.Event()
     # A hook that blocks the client's thread: nothing answers calls made meanwhile.
     client = make(on_delivered=lambda event: release.wait(10), atexit_timeout=0)
-    monkeypatch.setattr(_sync, "_LOOP_MARGIN", 0.05)
-    monkeypatch.setattr(_sync, "TRANSPORT_CLOSE_TIMEOUT", 0.0)
+    monkeypatch.setattr(_background, "_LOOP_MARGIN", 0.05)
+    monkeypatch.setattr(_background, "TRANSPORT_CLOSE_TIMEOUT", 0.0)
     client.track("E", user_id=1)
     with pytest.raises(TimeoutError, match="did not answer"):
         client.flush(timeout=0)
     with pytest.raises(TimeoutError, match="did not close"):
         client.close(timeout=0)
     with caplog.at_level("ERROR", logger="encharge_async"):
-        _sync._started_clients.add(client)
-        _sync._close_at_exit()  # logs, never raises: the interpreter must exit
+        _background._started_loops.add(client._background)
+        _background._close_at_exit()  # logs, never raises: the interpreter must exit
     assert "closing <Encharge" in caplog.text
     release.set()
     assert client.close(timeout=5).failed == 0
 
 
 def test_the_loop_executor_runs_each_call_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    executor = _sync._ThreadPerCall()
+    executor = _background._ThreadPerCall()
     name = executor.submit(lambda: threading.current_thread().name).result(5)
     assert name == "encharge-async-executor"
     with pytest.raises(ZeroDivisionError):
@@ -705,7 +709,7 @@ async def test_a_fork_waits_for_a_client_that_is_starting(
         starter = threading.Thread(target=lambda: client.track("parent", user_id="p"))
         starter.start()
         with anyio.fail_after(5):
-            while _sync._starting == 0:  # noqa: ASYNC110 - until the start is under way
+            while _background._starting == 0:  # noqa: ASYNC110 - until the start is under way
                 await anyio.sleep(0.001)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
@@ -715,7 +719,7 @@ async def test_a_fork_waits_for_a_client_that_is_starting(
                 code = 0 if client.close(timeout=5).delivered == 1 else 1
             finally:
                 os._exit(code)
-        assert _sync._starting == 0  # the fork waited for the start to finish
+        assert _background._starting == 0  # the fork waited for the start to finish
         with anyio.fail_after(20):
             while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:  # noqa: ASYNC110, ASYNC222
                 await anyio.sleep(0.01)
