@@ -502,7 +502,7 @@ class AsyncEncharge:
             # out and reported the rest): there is nothing left to close but the state.
             self._state = ClientState.CLOSED
             self._close_result = FlushResult()
-            await anyio.lowlevel.checkpoint()
+            await self._pipeline.dispatcher.aclose()  # connections a failed runner left
             return self._close_result
         self._check_loop()
         assert self._closed is not None

@@ -65,6 +65,9 @@ DEFAULT_SPOOL_AFTER: Final = 60.0
 DEFAULT_SPOOL_MAX_BYTES: Final = 256 * 1024 * 1024
 DEFAULT_SPOOL_MAX_AGE: Final = 7 * 24 * 3600.0
 SPOOL_LOAD_PAGE: Final = 1000
+# Events waiting for the spool's writer (which appends them all in one transaction) at most,
+# or max_queue_size if larger: beyond, the disk is not keeping up and new events are dropped.
+SPOOL_MAX_PENDING: Final = 1000
 SPOOL_CLOSE_TIMEOUT: Final = 5.0
 
 # The local emulator (encharge_async.emulator): what it keeps, and who may talk to it.

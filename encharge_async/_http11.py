@@ -764,12 +764,20 @@ class Http11Transport(httpx.AsyncBaseTransport):
         loop = asyncio.get_running_loop()
         timeout = max(deadline - loop.time(), 0.0)
         host, port = self._proxy or (self._host, self._port)
+        # Not asyncio.wait_for: before Python 3.12 it can drop a connection that was made just
+        # as the wait was cancelled (the socket then leaks). A connection that arrives after
+        # we gave up on it is closed here.
+        opening = asyncio.ensure_future(self._open(host, port))
         try:
-            return await asyncio.wait_for(self._open(host, port), timeout)
-        except asyncio.TimeoutError:
-            raise httpx.ConnectTimeout(
-                f"no connection to {host}:{port} within {timeout:g}s"
-            ) from None
+            done, _ = await asyncio.wait((opening,), timeout=timeout)
+        except BaseException:
+            _abandon(opening)
+            raise
+        if not done:
+            _abandon(opening)
+            raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {timeout:g}s")
+        try:
+            return opening.result()
         except OSError as exc:  # refused, unreachable, name lookup, TLS verification
             raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
 
@@ -852,6 +860,17 @@ class Http11Transport(httpx.AsyncBaseTransport):
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
+
+
+def _abandon(opening: asyncio.Future[_Connection]) -> None:
+    """Cancel a connection attempt; close the connection if it is made all the same."""
+
+    def close_if_made(future: asyncio.Future[_Connection]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            future.result().close()
+
+    opening.cancel()
+    opening.add_done_callback(close_if_made)
 
 
 def httpx_is_mocked() -> bool:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import anyio
 
 from ._builders import entry_from_wire
-from ._constants import SPOOL_CLOSE_TIMEOUT, SPOOL_LOAD_PAGE
+from ._constants import SPOOL_CLOSE_TIMEOUT, SPOOL_LOAD_PAGE, SPOOL_MAX_PENDING
 from ._events import DELIVERED, FAILED, FROM_EARLIER, SPOOLED, Entry, Waiter
 from ._exceptions import DeliveryError, ValidationError
 from ._ledger import Ledger
@@ -130,8 +130,9 @@ class Spooler:
             self.start_spilling()
         if self.spilling:
             queue.count_accepted(entry)
-            if len(self.pending) >= self._max_queue_size:
-                # The disk is not keeping up: the memory bound applies to what waits for it.
+            if len(self.pending) >= max(self._max_queue_size, SPOOL_MAX_PENDING):
+                # The disk is not keeping up (the writer appends all that waits in one go):
+                # a memory bound applies to what waits for it.
                 self._ledger.record_dropped(entry, DropReason.QUEUE_FULL)
                 return
             self.spilled[entry.message_id] = entry
