@@ -790,9 +790,11 @@ class Http11Transport(httpx.AsyncBaseTransport):
         ssl_context = None if tunnel else self._ssl
         server_hostname = self._host if ssl_context is not None else None
         connecting: Awaitable[tuple[asyncio.Transport, asyncio.Protocol]]
-        if isinstance(loop, asyncio.BaseEventLoop):
+        if isinstance(loop, asyncio.BaseEventLoop) and not _is_ip_literal(host):
             # Happy eyeballs (RFC 8305), as anyio's connect_tcp does: an unreachable IPv6
-            # address does not hold the connection up for the whole timeout.
+            # address does not hold the connection up for the whole timeout. Not for an
+            # address: there is nothing to race, and asyncio's race can leak the socket of
+            # an attempt cancelled at shutdown.
             connecting = loop.create_connection(
                 factory,
                 host,
@@ -860,6 +862,14 @@ class Http11Transport(httpx.AsyncBaseTransport):
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _abandon(opening: asyncio.Future[_Connection]) -> None:
