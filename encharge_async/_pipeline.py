@@ -187,21 +187,13 @@ class Pipeline:
                 tg.start_soon(self.scheduler.run)
                 await self.flush(bound)
                 tg.cancel_scope.cancel()
-        left = self.queue.take_all()
-        self.scheduler.clear()
-        lost = left
-        if self.spooler is not None:
-            _, lost = await self.spooler.close(left)
-        for entry in lost:
-            self.ledger.record_dropped(entry, DropReason.NOT_CLOSED, logged=True)
-        if lost:
+        _, dropped = await self._settle(DropReason.NOT_CLOSED)
+        if dropped:
             logger.warning(
                 "%d event(s) dropped: the client was never closed and its event loop ended "
                 "before they could be delivered (see on_drop, DropReason.NOT_CLOSED)",
-                len(lost),
+                dropped,
             )
-        await self.dispatcher.aclose()
-        self.ledger.report_pending()
 
     def _stopped(self, exc: Exception) -> None:
         self.failure = exc
@@ -318,21 +310,24 @@ class Pipeline:
         # Events other threads handed over that the loop has not taken yet: dropped now,
         # counted and reported, rather than left to a callback that may never run.
         self.intake.take_handed_over()
-        left = self.queue.take_all()
-        self.scheduler.clear()
-        held = 0
-        lost = left
-        if self.spooler is not None:
-            held, lost = await self.spooler.close(left)
-        for entry in lost:
-            self.ledger.record_dropped(entry, DropReason.SHUTDOWN, logged=True)
-        if lost:
+        held, dropped = await self._settle(DropReason.SHUTDOWN)
+        if dropped:
             logger.warning(
                 "the shutdown timeout (%gs) ran out: %d undelivered event(s) dropped "
                 "(see on_drop; a spool= keeps them for the next start)",
                 timeout,
-                len(lost),
+                dropped,
             )
+        return held
+
+    async def _settle(self, reason: DropReason) -> tuple[int, int]:
+        """The runner has stopped: keep what is left in the spool, or drop it with `reason`
+        (logged by the caller); close the connections. Returns (held, dropped)."""
+        left = self.queue.take_all()
+        self.scheduler.clear()
+        held, lost = (0, left) if self.spooler is None else await self.spooler.close(left)
+        for entry in lost:
+            self.ledger.record_dropped(entry, reason, logged=True)
         await self.dispatcher.aclose()
         self.ledger.report_pending()
-        return held
+        return held, len(lost)
