@@ -1,8 +1,8 @@
 """The workers: take ready events from the queue, send each once, and route what came of it.
 
 There are `max_concurrency` workers (the ceiling); each holds a slot of the concurrency
-limiter while it sends, so that the number of requests in flight follows the limiter's
-adaptive limit. Each worker owns a sender (and, with the default transport, one keep-alive connection of
+limiter while it sends, so that the requests in flight follow the limiter's adaptive limit.
+Each worker owns a sender (and, with the default transport, one keep-alive connection of
 its own: httpcore's shared pool costs CPU per request that grows with the number of
 connections). Delivered and failed-for-good events go to the ledger; retryable failures go
 to the scheduler, as `RetryPolicy.decide` says.

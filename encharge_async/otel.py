@@ -9,9 +9,10 @@ uninstrument = instrument(encharge)   # uses the global MeterProvider unless giv
 Counters read `client.stats` when the SDK collects, so they cost nothing per event:
 `encharge.events.enqueued`, `.delivered`, `.failed`, `.dropped`, `.retried` (ObservableCounter);
 `encharge.queue.events`, `encharge.queue.bytes`, `encharge.requests.in_flight`,
-`encharge.requests.limit` (the adaptive concurrency limit) (ObservableGauge). `encharge.delivery.duration` is a histogram of the seconds from an
-event's first delivery attempt to its acceptance, retries included (queueing time is not
-part of it: the caller's line records no clock, to stay cheap).
+`encharge.requests.limit` (the adaptive concurrency limit) (ObservableGauge).
+`encharge.delivery.duration` is a histogram of the seconds from an event's first delivery
+attempt to its acceptance, retries included (queueing time is not part of it: the
+caller's line records no clock, to stay cheap).
 """
 
 from __future__ import annotations
