@@ -3,8 +3,9 @@
 `decide` turns one failed attempt into `Retry(delay)` or `GiveUp(reason)`: statuses in
 RETRYABLE_STATUS_CODES and network errors are retried, with the server's Retry-After when it
 sent one, else tenacity's backoff (injectable, so tests never sleep); a 429 or 503 with
-Retry-After pauses every sender (without one, the adaptive concurrency limit backs off). A retry budget (`max_retries`, `max_retry_time`) bounds
-it, except while a usable spool can keep the event.
+Retry-After pauses every sender (without one, the adaptive concurrency limit backs off).
+A retry budget (`max_retries`, `max_retry_time`) bounds it, except while a usable spool
+can keep the event.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ async def test_rate_limit_token_bucket(emu: Emulator, post: Post):
 async def test_max_in_flight_refuses_requests_beyond_the_cap_at_once(emu: Emulator, post: Post):
     emu.faults.max_in_flight = 2
     emu.faults.latency = 0.5  # the first two are in hand meanwhile
-    held = [asyncio.create_task(post(EVENT)) for _ in range(2)]
+    held = [asyncio.ensure_future(post(EVENT)) for _ in range(2)]
     await wait_until(lambda: emu.fault_counts["latency"] == 2)
     refused = await post(EVENT)
     assert refused.status_code == 429
