@@ -1,7 +1,7 @@
 """Run every benchmark; print the tables, write `results.json` and `results.png`.
 
 `python -m benchmarks.run` (`make bench`) takes a few minutes on 2 cores; `--quick` takes
-about a minute with much smaller runs (for a check, not for the docs). `--only` runs some
+about two minutes with much smaller runs (for a check, not for the docs). `--only` runs some
 sections. Every figure is the median of repeated runs, with the min-max spread.
 Servers and measured clients run in processes of their own, on loopback only.
 """
