@@ -29,8 +29,8 @@ class Stats:
     that are not also in memory count in it and not in `queued`. `filtered` counts the
     events `before_send` filtered out (not sent, not in `enqueued`).
     `concurrency_limit` is how many requests may be in flight right now: it adapts between
-    a floor and `max_concurrency` to the endpoint's latency and refusals (0 for a client
-    that never sends: disabled, or a test fake).
+    a floor and `max_concurrency` to the endpoint's latency and refusals (0 for a disabled
+    client, which sends nothing).
     """
 
     enqueued: int
