@@ -20,7 +20,7 @@ help:
 	@echo "make check-tests   the tests under coverage"
 	@echo "make test-fast     the tests without the slow ones (-m 'not slow'), in under 30 s"
 	@echo "make test-all      the tests on every Python 3.10-3.13 found (a venv each)"
-	@echo "make bench         the benchmarks (about 4 minutes)"
+	@echo "make bench         the benchmarks (about 6 minutes)"
 	@echo "make clean         remove .venv and the tools' caches"
 
 $(BIN)/python:

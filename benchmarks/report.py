@@ -151,6 +151,54 @@ def shutdown_table(shutdown: dict[str, dict[str, Any]]) -> str:
     return _table(["concurrency", "events", "latency", "aclose() s", "ideal s", "share"], rows)
 
 
+def latency_tables(latency: dict[str, Any]) -> str:
+    """The latency sweep, the refusals and the connections (`benchmarks.latency`)."""
+    sweep = _table(
+        [
+            "latency",
+            "offered",
+            "delivered events/s",
+            "drain after the last call, s",
+            "dropped",
+            "peak limit",
+        ],
+        [
+            [
+                name,
+                f"{row['offered_events_per_s']:,.0f}/s for {row['seconds']:g} s",
+                spread(row["events_per_s"], 0),
+                spread(row["drain_s"], 2),
+                spread(row["dropped"], 0),
+                spread(row["peak_limit"], 0),
+            ]
+            for name, row in latency["sweep"].items()
+        ],
+    )
+    refusals = latency["refusals"]
+    refused = _table(
+        ["server", "events", "refused share", "lost", "events/s", "limit at the end"],
+        [
+            [
+                f"429 above {refusals['cap']} in hand, {refusals['latency_s'] * 1000:.0f} ms",
+                f"{refusals['events']:,}",
+                f"{refusals['refused_share']['median']:.1%} "
+                f"({refusals['refused_share']['min']:.1%}-{refusals['refused_share']['max']:.1%})",
+                spread(refusals["lost"], 0),
+                spread(refusals["events_per_s"], 0),
+                spread(refusals["final_limit"], 0),
+            ]
+        ],
+    )
+    connections = _table(
+        ["rate", "events", "connections opened"],
+        [
+            [name, f"{row['events']:,}", spread(row["connections"], 0)]
+            for name, row in latency["connections"].items()
+        ],
+    )
+    return f"{sweep}\n\n{refused}\n\n{connections}"
+
+
 def webapp_table(webapp: dict[str, dict[str, Any]]) -> str:
     off = webapp.get(OFF)
     rows = []
@@ -242,6 +290,30 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             ">= 90% of Little's law",
             share >= 0.9,
         )
+    latency = sections.get("latency")
+    if latency:
+        row = latency["sweep"].get("100 ms")
+        if row is not None:
+            drain = row["drain_s"]["median"]
+            check(
+                f"100 ms: {row['offered_events_per_s']:,.0f} events/s, backlog drained after "
+                "the last call, s",
+                drain,
+                "<= 2 s",
+                drain <= 2,
+            )
+        refusals = latency["refusals"]
+        share = refusals["refused_share"]["median"]
+        check(
+            f"429 above {refusals['cap']} in hand: share of requests refused",
+            share,
+            "< 25%, nothing lost",
+            share < 0.25 and refusals["lost"]["max"] == 0,
+        )
+        for name, row in latency["connections"].items():
+            if row["rate"] == 10:
+                opened = row["connections"]["max"]
+                check(f"connections opened at {name}", opened, "<= 3", opened <= 3)
     memory = sections.get("memory")
     if memory:
         for name, summary in memory["bytes_per_event"].items():
@@ -265,7 +337,7 @@ def targets_table(checks: list[dict[str, Any]]) -> str:
     rows = []
     for item in checks:
         value = item["measured"]
-        shown = f"{value:.1%}" if "Little" in item["goal"] else f"{value:,.2f}"
+        shown = f"{value:.1%}" if "%" in item["goal"] else f"{value:,.2f}"
         rows.append([item["target"], shown, item["goal"], "met" if item["met"] else "MISSED"])
     return _table(["target", "measured", "goal", ""], rows)
 
@@ -280,6 +352,7 @@ def markdown(results: dict[str, Any]) -> str:
         ("throughput", "Throughput under latency (emulator)", throughput_table),
         ("memory", "Memory while the endpoint is down", memory_tables),
         ("shutdown", "Shutdown: aclose() draining a full queue", shutdown_table),
+        ("latency", "Defaults against slow, refusing and quiet endpoints", latency_tables),
         ("webapp", "Impact on a FastAPI app (uvicorn, loopback)", webapp_table),
     ]
     for key, title, build in builders:

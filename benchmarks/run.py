@@ -1,7 +1,7 @@
 """Run every benchmark; print the tables, write `results.json` and `results.png`.
 
 `python -m benchmarks.run` (`make bench`) takes a few minutes on 2 cores; `--quick` takes
-about a minute with much smaller runs (for a check, not for the docs). `--only` runs some
+about two minutes with much smaller runs (for a check, not for the docs). `--only` runs some
 sections. Every figure is the median of repeated runs, with the min-max spread.
 Servers and measured clients run in processes of their own, on loopback only.
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
-from . import delivery, memory, report, shutdown, throughput, webapp
+from . import delivery, latency, memory, report, shutdown, throughput, webapp
 from ._common import PROJECT_ROOT, loopback_only
 from ._proc import Runner, ServerProcess, run_child
 
@@ -44,7 +44,15 @@ PACKAGES = (
     "uvicorn",
     "h11",
 )
-SECTIONS = ("caller_cost", "cpu_per_event", "throughput", "memory", "shutdown", "webapp")
+SECTIONS = (
+    "caller_cost",
+    "cpu_per_event",
+    "throughput",
+    "memory",
+    "shutdown",
+    "webapp",
+    "latency",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +79,14 @@ class Plan:
     app_warmup: float
     app_connections: int
     app_fresh_process: bool
+    latency_sweep: tuple[float, ...]
+    latency_rate: float
+    latency_seconds: float
+    latency_cap: int
+    latency_cap_latency: float
+    latency_cap_events: int
+    latency_low_rates: tuple[float, ...]
+    latency_low_seconds: float
 
 
 FULL = Plan(
@@ -94,6 +110,14 @@ FULL = Plan(
     app_warmup=0.5,
     app_connections=32,
     app_fresh_process=True,
+    latency_sweep=(0.02, 0.1, 0.3),
+    latency_rate=1000.0,
+    latency_seconds=5.0,
+    latency_cap=24,
+    latency_cap_latency=0.1,
+    latency_cap_events=3000,
+    latency_low_rates=(1.0, 10.0, 50.0),
+    latency_low_seconds=3.0,
 )
 
 QUICK = dataclasses.replace(
@@ -110,6 +134,10 @@ QUICK = dataclasses.replace(
     app_duration=0.5,
     app_warmup=0.2,
     app_fresh_process=False,
+    latency_seconds=2.0,
+    latency_cap_events=1000,
+    latency_low_rates=(10.0,),
+    latency_low_seconds=1.5,
 )
 
 
@@ -215,6 +243,18 @@ def run(
             plan.shutdown_latency,
             plan.repeats,
             plan.shutdown_concurrencies,
+            runner=runner,
+        ),
+        "latency": lambda: latency.measure(
+            plan.latency_sweep,
+            plan.latency_rate,
+            plan.latency_seconds,
+            plan.repeats,
+            cap=plan.latency_cap,
+            cap_latency=plan.latency_cap_latency,
+            cap_events=plan.latency_cap_events,
+            low_rates=plan.latency_low_rates,
+            low_seconds=plan.latency_low_seconds,
             runner=runner,
         ),
         "webapp": lambda: webapp.measure(

@@ -119,11 +119,14 @@ async def serve_sink(latency: float = 0.0) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def serve_emulator(latency: float) -> AsyncIterator[str]:
-    """Serve the project's emulator with `latency` seconds per request; yield its URL."""
+async def serve_emulator(latency: float, max_in_flight: int | None = None) -> AsyncIterator[str]:
+    """Serve the project's emulator with `latency` seconds per request (and 429 beyond
+    `max_in_flight` requests in hand); yield its URL."""
     from encharge_async.emulator import Emulator
 
-    async with Emulator(write_key=WRITE_KEY, host=LOOPBACK, latency=latency) as emulator:
+    async with Emulator(
+        write_key=WRITE_KEY, host=LOOPBACK, latency=latency, max_in_flight=max_in_flight
+    ) as emulator:
         yield emulator.url
 
 
@@ -174,7 +177,7 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.kind == "sink":
         server = serve_sink(args.latency)
     elif args.kind == "emulator":
-        server = serve_emulator(args.latency)
+        server = serve_emulator(args.latency, args.max_in_flight)
     else:
         server = serve_app(args.sink)
     async with server as url:
@@ -189,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     sink.add_argument("--latency", type=float, default=0.0)
     emulator = sub.add_parser("emulator")
     emulator.add_argument("--latency", type=float, default=0.0)
+    emulator.add_argument("--max-in-flight", type=int, default=None)
     app = sub.add_parser("app")
     app.add_argument("--sink", required=True)
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ DEFAULT_MAX_EVENT_BYTES: Final = 1024 * 1024
 DEFAULT_OVERFLOW: Final = "drop_newest"
 
 # Delivery.
-DEFAULT_MAX_CONCURRENCY: Final = 16
+DEFAULT_MAX_CONCURRENCY: Final = 256  # a ceiling: see ADAPTIVE_* below
 DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 10.0
 DEFAULT_BLOCK_TIMEOUT: Final = 5.0
@@ -106,3 +106,19 @@ KEEPALIVE_TIMEOUT_MARGIN: Final = 1.0
 # Serverless (integrations.serverless.flush_after): the time left to an AWS Lambda-style
 # handler after its flush, so that the flush never runs into the function's own timeout.
 SERVERLESS_TIME_MARGIN: Final = 0.5
+
+# -- Adaptive concurrency (_limiter): how many requests may be in flight at once -----------------
+
+# max_concurrency is the ceiling; the limit starts here (the former fixed default) and never
+# goes below the floor (both capped by the ceiling).
+ADAPTIVE_INITIAL_LIMIT: Final = 16
+ADAPTIVE_MIN_LIMIT: Final = 4
+# On a refusal (429, 503), a timeout or a latency rise, the limit is multiplied by this.
+ADAPTIVE_BACKOFF: Final = 0.7
+# Latency has risen when a round's average exceeds the minimum times this, plus the slack
+# (the event loop's own scheduling delay, which is not the server's queueing).
+ADAPTIVE_LATENCY_TOLERANCE: Final = 2.0
+ADAPTIVE_LATENCY_SLACK: Final = 0.010
+# The minimum latency is the smallest seen over the last one to two windows of this many
+# seconds, so that it follows a lasting change of route or server.
+ADAPTIVE_MIN_LATENCY_WINDOW: Final = 10.0

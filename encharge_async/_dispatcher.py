@@ -1,5 +1,7 @@
 """The workers: take ready events from the queue, send each once, and route what came of it.
 
+There are `max_concurrency` workers (the ceiling); each holds a slot of the concurrency
+limiter while it sends, so that the requests in flight follow the limiter's adaptive limit.
 Each worker owns a sender (and, with the default transport, one keep-alive connection of
 its own: httpcore's shared pool costs CPU per request that grows with the number of
 connections). Delivered and failed-for-good events go to the ledger; retryable failures go
@@ -27,6 +29,7 @@ from ._http11 import (
     proxy_from_environment,
 )
 from ._ledger import Ledger
+from ._limiter import ConcurrencyLimiter, Signal
 from ._queue import DeliveryQueue
 from ._retry import Attempt, Failure, GiveUp, RetryPolicy
 from ._scheduler import Scheduler
@@ -35,6 +38,10 @@ from ._sender import Sender
 __all__ = ["Dispatcher"]
 
 logger = logging.getLogger("encharge_async")
+
+
+# No request was made (the event was dropped meanwhile, or delivery crashed).
+_NOTHING = (Signal.NONE, 0.0, 0.0)
 
 
 def _never() -> bool:
@@ -64,7 +71,7 @@ async def _load_tls_context(
 
 
 class Dispatcher:
-    """`max_concurrency` workers over one sender path."""
+    """`max_concurrency` workers over one sender path, gated by the concurrency limiter."""
 
     def __init__(
         self,
@@ -79,6 +86,7 @@ class Dispatcher:
         self._scheduler = scheduler
         self._ledger = ledger
         self._policy = policy
+        self.limiter = ConcurrencyLimiter(config.max_concurrency)
         self._transports: list[httpx.AsyncBaseTransport] = []
         self._ssl_context: ssl.SSLContext | None = None
         self._proxy: httpx.URL | None = None
@@ -114,6 +122,7 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Run the workers until cancelled."""
+        self.limiter.reset()
         async with anyio.create_task_group() as tg:
             for _ in range(self._config.max_concurrency):
                 tg.start_soon(self._worker, self._sender())
@@ -157,32 +166,45 @@ class Dispatcher:
 
     async def _worker(self, sender: Sender) -> None:
         queue = self._queue
+        limiter = self.limiter
         while True:
-            entry = queue.next_ready()
-            if entry is None:
-                await queue.wait_for_work()
+            if not limiter.acquire():
+                await limiter.wait()
                 continue
-            try:
-                await self._deliver(entry, sender)
-            except Exception:  # a bug: the worker must survive it, and the event must end
-                logger.exception("delivery of message %s crashed", entry.message_id)
-                if entry.state == IN_FLIGHT:
-                    queue.landed(entry)
-                    self._fail(entry, Attempt(failure=Failure.BUG, reason="internal error"))
+            # Holding a slot: send one event after another while the limit allows it.
+            while True:
+                entry = queue.next_ready()
+                if entry is None:
+                    limiter.release()
+                    await queue.wait_for_work()
+                    break
+                outcome = _NOTHING
+                try:
+                    outcome = await self._deliver(entry, sender)
+                except Exception:  # a bug: the worker must survive it, and the event must end
+                    logger.exception("delivery of message %s crashed", entry.message_id)
+                    if entry.state == IN_FLIGHT:
+                        queue.landed(entry)
+                        self._fail(entry, Attempt(failure=Failure.BUG, reason="internal error"))
+                if not limiter.done(*outcome):
+                    break
 
-    async def _deliver(self, entry: Entry, sender: Sender) -> None:
+    async def _deliver(self, entry: Entry, sender: Sender) -> tuple[Signal, float, float]:
+        """Send `entry` once and route the outcome; for the limiter, what the answer says
+        about load, when the request started and when it ended."""
         queue = self._queue
         if entry.state == DROPPED:
             queue.release(entry)
-            return
+            return _NOTHING
         scheduler = self._scheduler
         if scheduler.paused(anyio.current_time()):
             await scheduler.wait_out_pause()
             if entry.state == DROPPED:
                 queue.release(entry)
-                return
+                return _NOTHING
         queue.start(entry)
-        if entry.begin_attempt(anyio.current_time(), self._policy.max_retry_time):
+        started = anyio.current_time()
+        if entry.begin_attempt(started, self._policy.max_retry_time):
             self._ledger.record_retry()
         attempt = await sender.send(entry)
         queue.landed(entry)
@@ -192,7 +214,7 @@ class Dispatcher:
             self.on_success(now)
             self._ledger.record_delivered(entry, now)
             queue.release(entry)
-            return
+            return Signal.OK, started, now
         self._ledger.attempt_failed(attempt.status, attempt.reason)
         verdict = self._policy.decide(entry, attempt, now, keep_trying=self.keep_trying())
         if isinstance(verdict, GiveUp):
@@ -201,6 +223,9 @@ class Dispatcher:
         else:
             self.on_failure(now)
             scheduler.park(entry, verdict, attempt, now)
+        status = attempt.status
+        overloaded = status == 429 or status == 503 or attempt.failure is Failure.TIMEOUT
+        return (Signal.OVERLOAD if overloaded else Signal.NONE), started, now
 
     def _fail(self, entry: Entry, attempt: Attempt) -> None:
         error = DeliveryError(

@@ -235,6 +235,7 @@ class Pipeline:
             filtered=ledger.filtered,
             last_error=ledger.last_error,
             failing_since=ledger.failing_since,
+            concurrency_limit=0 if self._config.disabled else self.dispatcher.limiter.limit,
         )
 
     def outstanding(self) -> int:

@@ -2,9 +2,10 @@
 
 `decide` turns one failed attempt into `Retry(delay)` or `GiveUp(reason)`: statuses in
 RETRYABLE_STATUS_CODES and network errors are retried, with the server's Retry-After when it
-sent one, else tenacity's backoff (injectable, so tests never sleep); 429 (and 503 with
-Retry-After) pause every sender. A retry budget (`max_retries`, `max_retry_time`) bounds
-it, except while a usable spool can keep the event.
+sent one, else tenacity's backoff (injectable, so tests never sleep); a 429 or 503 with
+Retry-After pauses every sender (without one, the adaptive concurrency limit backs off).
+A retry budget (`max_retries`, `max_retry_time`) bounds it, except while a usable spool
+can keep the event.
 """
 
 from __future__ import annotations
@@ -142,9 +143,9 @@ class RetryPolicy:
             retryable = attempt.failure is Failure.NETWORK or attempt.failure is Failure.TIMEOUT
         if not retryable:
             return GiveUp(attempt.reason)
-        pause_all = attempt.status == 429 or (
-            attempt.status == 503 and attempt.retry_after is not None
-        )
+        # A 429 without Retry-After is the concurrency limiter's to answer (it backs off):
+        # pausing every sender as well cost a server capped at N in flight half its rate.
+        pause_all = attempt.retry_after is not None and attempt.status in (429, 503)
         delay = self._backoff(entry, attempt.retry_after)
         if not keep_trying:
             exhausted = self._exhausted(entry, now + delay)

@@ -2,7 +2,7 @@
 
 A retrying event is parked on a timer heap instead of sleeping in its worker, so that it
 holds neither a delivery slot nor anyone else's events; the timer task hands it back to the
-queue when it falls due. A 429 (or a 503 with Retry-After) pauses every sender until the
+queue when it falls due. A 429 or a 503 with Retry-After pauses every sender until the
 server's time is up. While the client closes, backoff and pauses are shortened so that one
 last attempt still fits before the deadline, but an attempt is never repeated without its
 backoff.

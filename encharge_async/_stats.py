@@ -28,6 +28,9 @@ class Stats:
     `spooled` counts the events held by the spool (0 without one); those of this process
     that are not also in memory count in it and not in `queued`. `filtered` counts the
     events `before_send` filtered out (not sent, not in `enqueued`).
+    `concurrency_limit` is how many requests may be in flight right now: it adapts between
+    a floor and `max_concurrency` to the endpoint's latency and refusals (0 for a disabled
+    client, which sends nothing).
     """
 
     enqueued: int
@@ -42,6 +45,7 @@ class Stats:
     filtered: int = 0
     last_error: ErrorInfo | None = None
     failing_since: float | None = None
+    concurrency_limit: int = 0
 
     @property
     def failing(self) -> bool:

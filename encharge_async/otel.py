@@ -8,10 +8,11 @@ uninstrument = instrument(encharge)   # uses the global MeterProvider unless giv
 
 Counters read `client.stats` when the SDK collects, so they cost nothing per event:
 `encharge.events.enqueued`, `.delivered`, `.failed`, `.dropped`, `.retried` (ObservableCounter);
-`encharge.queue.events`, `encharge.queue.bytes`, `encharge.requests.in_flight`
-(ObservableGauge). `encharge.delivery.duration` is a histogram of the seconds from an
-event's first delivery attempt to its acceptance, retries included (queueing time is not
-part of it: the caller's line records no clock, to stay cheap).
+`encharge.queue.events`, `encharge.queue.bytes`, `encharge.requests.in_flight`,
+`encharge.requests.limit` (the adaptive concurrency limit) (ObservableGauge).
+`encharge.delivery.duration` is a histogram of the seconds from an event's first delivery
+attempt to its acceptance, retries included (queueing time is not part of it: the
+caller's line records no clock, to stay cheap).
 """
 
 from __future__ import annotations
@@ -70,6 +71,12 @@ def instrument(
         ("encharge.queue.events", "queued", "{event}", "Events waiting to be sent"),
         ("encharge.queue.bytes", "queued_bytes", "By", "Serialised bytes waiting to be sent"),
         ("encharge.requests.in_flight", "in_flight", "{request}", "Requests in flight"),
+        (
+            "encharge.requests.limit",
+            "concurrency_limit",
+            "{request}",
+            "Requests allowed in flight at once (adapts up to max_concurrency)",
+        ),
         ("encharge.endpoint.failing", "failing", "1", "1 while every request to Encharge fails"),
     ):
         instruments.append(

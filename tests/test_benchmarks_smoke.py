@@ -37,6 +37,14 @@ TINY = dataclasses.replace(
     app_warmup=0.05,
     app_connections=4,
     app_fresh_process=False,
+    latency_sweep=(0.01,),
+    latency_rate=100.0,
+    latency_seconds=0.2,
+    latency_cap=4,
+    latency_cap_latency=0.01,
+    latency_cap_events=40,
+    latency_low_rates=(20.0,),
+    latency_low_seconds=0.2,
 )
 
 
@@ -121,9 +129,31 @@ def test_webapp(results: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
+def test_latency(results: dict[str, Any]) -> None:
+    latency = results["sections"]["latency"]
+    (row,) = latency["sweep"].values()
+    assert row["offered_events_per_s"] == TINY.latency_rate
+    for key in ("events_per_s", "drain_s", "dropped", "peak_limit"):
+        assert _is_summary(row[key]), key
+    refusals = latency["refusals"]
+    assert refusals["lost"]["max"] == 0
+    assert 0 <= refusals["refused_share"]["median"] < 1
+    (low,) = latency["connections"].values()
+    assert low["events"] == 4
+    assert _is_summary(low["connections"])
+
+
+@pytest.mark.slow
 def test_report_and_chart(results: dict[str, Any], tmp_path: Path) -> None:
     text = report.markdown(results)
-    for title in ("Caller cost", "CPU per delivered event", "Throughput", "Memory", "Shutdown"):
+    for title in (
+        "Caller cost",
+        "CPU per delivered event",
+        "Throughput",
+        "Memory",
+        "Shutdown",
+        "slow, refusing and quiet endpoints",
+    ):
         assert title in text
     assert all(isinstance(check["met"], bool) for check in results["targets"])
     path = tmp_path / "results.png"

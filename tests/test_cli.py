@@ -431,6 +431,8 @@ def test_emulator_command(tmp_path: Path) -> None:
             "0.001-0.002",
             "--error-rate",
             "0",
+            "--max-in-flight",
+            "8",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

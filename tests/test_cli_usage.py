@@ -91,6 +91,7 @@ def test_properties_keep_their_json_values(emu: Emulator) -> None:
             "not allowed with argument --write-key",
         ),
         (["emulator", "--error-rate", "2"], "--error-rate: a fraction is 0 to 1, got '2'"),
+        (["emulator", "--max-in-flight", "0"], "--max-in-flight: must be at least 1, got 0"),
     ],
 )
 def test_bad_arguments_are_one_line(

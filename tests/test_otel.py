@@ -50,6 +50,7 @@ async def test_counters_gauges_and_histogram(make_client: ClientFactory) -> None
     assert points["encharge.queue.events"].value == 0
     assert points["encharge.queue.bytes"].value == 0
     assert points["encharge.requests.in_flight"].value == 0
+    assert points["encharge.requests.limit"].value == 1  # max_concurrency=1: the ceiling
     duration = points["encharge.delivery.duration"]
     assert duration.count == 2
     assert duration.sum >= 0

@@ -33,6 +33,7 @@ _FAULTS = (
     "rate_limited_rate",
     "retry_after",
     "rate_limit",
+    "max_in_flight",
     "drop_rate",
     "drop_mode",
     "slow_body",
@@ -109,6 +110,12 @@ def add_emulator_parser(subparsers: Any) -> None:
         type=seconds(allow_zero=False),
         metavar="PER_SECOND",
         help="requests per second, then 429",
+    )
+    faults.add_argument(
+        "--max-in-flight",
+        type=int_at_least(1),
+        metavar="REQUESTS",
+        help="requests handled at once, then 429 (no Retry-After)",
     )
     faults.add_argument(
         "--drop-rate", type=fraction, metavar="FRACTION", help="connections cut (0 to 1)"

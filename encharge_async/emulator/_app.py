@@ -91,6 +91,7 @@ class EmulatorApp:
         self._state = state
         self._abort = abort
         self._stopping = asyncio.Event()
+        self._in_hand = 0  # ingest requests being handled (for max_in_flight)
 
     def begin_shutdown(self) -> None:
         """Cut short injected latency and stalled bodies, so the server can stop."""
@@ -136,6 +137,18 @@ class EmulatorApp:
         body = await read_body(receive, self._state.max_body_bytes)
         if body.disconnected:
             return
+        injector = self._state.injector
+        self._in_hand += 1
+        try:
+            crowded = injector.crowded(self._in_hand)
+            if crowded is not None:  # refused on arrival, as a server's admission would
+                await self._refuse(self._arrival(scope), crowded, body, send)
+            else:
+                await self._handle(scope, receive, send, body)
+        finally:
+            self._in_hand -= 1
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, body: Body) -> None:
         injector = self._state.injector
         await self._pause(injector.latency())
         arrival = self._arrival(scope)

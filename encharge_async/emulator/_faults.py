@@ -17,6 +17,7 @@ FAULT_KINDS = (
     "error",
     "rate_limited",
     "rate_limit_exceeded",
+    "concurrency_limit_exceeded",
     "drop_before",
     "drop_after",
     "slow_body",
@@ -79,6 +80,10 @@ def _burst(name: str, value: Any) -> int | None:
     raise ValueError(f"{name} must be an integer >= 1, or None")
 
 
+def _optional_retry_after(name: str, value: Any) -> int | str | None:
+    return None if value is None else _retry_after(name, value)
+
+
 def _drop_mode(name: str, value: Any) -> DropMode:
     if value == "before":
         return "before"
@@ -95,6 +100,8 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "retry_after": _retry_after,
     "rate_limit": _rate_limit,
     "rate_limit_burst": _burst,
+    "max_in_flight": _burst,
+    "max_in_flight_retry_after": _optional_retry_after,
     "drop_rate": _rate,
     "drop_mode": _drop_mode,
     "slow_body": lambda name, value: _number(name, value, low=0.0),
@@ -114,6 +121,9 @@ class Faults:
     - `rate_limit`: requests per second allowed (token bucket of `rate_limit_burst`
       tokens, default the rate rounded up); beyond it, 429 with the seconds until a
       token is free in `Retry-After`.
+    - `max_in_flight`: ingest requests handled at once; one arriving while that many are
+      in hand is answered 429 at once, with `Retry-After: max_in_flight_retry_after` when
+      that is not None (a server with a concurrency limit, such as a worker pool).
     - `drop_rate`: fraction of connections cut instead of answered. `drop_mode`
       "before": the event is lost; "after": it is recorded first (an ambiguous failure).
     - `slow_body`: seconds the body of a 200 answer stalls after its headers are sent,
@@ -129,6 +139,8 @@ class Faults:
     retry_after: int | str = 1
     rate_limit: float | None = None
     rate_limit_burst: int | None = None
+    max_in_flight: int | None = None
+    max_in_flight_retry_after: int | str | None = None
     drop_rate: float = 0.0
     drop_mode: DropMode = "before"
     slow_body: float = 0.0
@@ -205,6 +217,21 @@ class FaultInjector:
         if delay > 0:
             self.count("latency")
         return delay
+
+    def crowded(self, in_hand: int) -> Refusal | None:
+        """Return a 429 if `in_hand` requests (this one included) exceed `max_in_flight`."""
+        faults = self.faults
+        limit = faults.max_in_flight
+        if limit is None or in_hand <= limit:
+            return None
+        self.count("concurrency_limit_exceeded")
+        retry_after = faults.max_in_flight_retry_after
+        return Refusal(
+            "concurrency_limit_exceeded",
+            429,
+            "Too many concurrent requests.",
+            () if retry_after is None else (("Retry-After", str(retry_after)),),
+        )
 
     def refusal(self) -> Refusal | None:
         """Return an injected error answer for this request, or None (counted)."""

@@ -15,6 +15,7 @@ from encharge_async.emulator._faults import FaultInjector
 from encharge_async.emulator._http import Message, Scope
 from encharge_async.emulator._state import EmulatorState
 
+from ..conftest import wait_until
 from .conftest import KEY, MODULE_LOOP, Post
 
 pytestmark = MODULE_LOOP
@@ -103,6 +104,35 @@ async def test_rate_limit_token_bucket(emu: Emulator, post: Post):
     emu.faults.rate_limit = None
     assert (await post(EVENT)).status_code == 200
     assert len(emu.events) == 3
+
+
+async def test_max_in_flight_refuses_requests_beyond_the_cap_at_once(emu: Emulator, post: Post):
+    emu.faults.max_in_flight = 2
+    emu.faults.latency = 0.5  # the first two are in hand meanwhile
+    held = [asyncio.ensure_future(post(EVENT)) for _ in range(2)]
+    await wait_until(lambda: emu.fault_counts["latency"] == 2)
+    refused = await post(EVENT)
+    assert refused.status_code == 429
+    assert "retry-after" not in refused.headers
+    assert refused.json() == {"error": "Too many concurrent requests."}
+    emu.faults.max_in_flight_retry_after = 3
+    assert (await post(EVENT)).headers["retry-after"] == "3"
+    assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
+    assert (await post(EVENT)).status_code == 200  # in hand again: one
+    assert _only(emu.fault_counts) == {"latency": 3, "concurrency_limit_exceeded": 2}
+    assert [r.fault for r in emu.rejected] == ["concurrency_limit_exceeded"] * 2
+    assert len(emu.events) == 3
+
+
+async def test_max_in_flight_counts_requests_in_hand():
+    injector = FaultInjector(Faults(max_in_flight=3))
+    assert [injector.crowded(n) is None for n in (1, 2, 3, 4)] == [True, True, True, False]
+    assert injector.counts()["concurrency_limit_exceeded"] == 1
+    injector.faults.max_in_flight_retry_after = "5"
+    refusal = injector.crowded(9)
+    assert refusal is not None
+    assert (refusal.status, refusal.headers) == (429, (("Retry-After", "5"),))
+    assert FaultInjector(Faults()).crowded(10_000) is None
 
 
 async def test_token_bucket_refills_with_time():
@@ -207,6 +237,8 @@ async def test_fault_keywords_and_faults_object(client: httpx.AsyncClient):
         retry_after=9,
         rate_limit=1000.0,
         rate_limit_burst=5,
+        max_in_flight=64,
+        max_in_flight_retry_after=2,
         drop_rate=0.0,
         drop_mode="after",
         slow_body=0.0,
@@ -221,6 +253,8 @@ async def test_fault_keywords_and_faults_object(client: httpx.AsyncClient):
         "retry_after": 9,
         "rate_limit": 1000.0,
         "rate_limit_burst": 5,
+        "max_in_flight": 64,
+        "max_in_flight_retry_after": 2,
         "drop_rate": 0.0,
         "drop_mode": "after",
         "slow_body": 0.0,
@@ -251,6 +285,9 @@ async def test_fault_keywords_and_faults_object(client: httpx.AsyncClient):
         ("rate_limit", float("inf"), ValueError),
         ("rate_limit_burst", 0, ValueError),
         ("rate_limit_burst", 1.0, ValueError),
+        ("max_in_flight", 0, ValueError),
+        ("max_in_flight", True, ValueError),
+        ("max_in_flight_retry_after", -1, ValueError),
         ("drop_mode", "sometimes", ValueError),
         ("slow_body", -0.1, ValueError),
         ("slow_body_rate", 2, ValueError),
