@@ -98,7 +98,6 @@ class Pipeline:
                 always=config.spool_mode == "always",
                 limits=SpoolLimits(max_bytes=config.spool_max_bytes, max_age=config.spool_max_age),
                 max_queue_size=config.max_queue_size,
-                max_concurrency=config.max_concurrency,
                 on_divert_change=self._divert_changed,
             )
             self.ledger.spool_listener = spooler.finished

@@ -32,7 +32,12 @@ from dataclasses import dataclass
 import anyio
 
 from ._builders import entry_from_wire
-from ._constants import SPOOL_CLOSE_TIMEOUT, SPOOL_LOAD_PAGE, SPOOL_MAX_PENDING
+from ._constants import (
+    SPOOL_CLOSE_TIMEOUT,
+    SPOOL_LOAD_PAGE,
+    SPOOL_MAX_PENDING,
+    SPOOL_OUTAGE_IN_MEMORY,
+)
 from ._events import DELIVERED, FAILED, FROM_EARLIER, SPOOLED, Entry, Waiter
 from ._exceptions import DeliveryError, ValidationError
 from ._ledger import Ledger
@@ -66,13 +71,11 @@ class Spooler:
         always: bool,
         limits: SpoolLimits,
         max_queue_size: int,
-        max_concurrency: int,
         on_divert_change: Callable[[], None],
     ) -> None:
         self._queue = queue
         self._ledger = ledger
         self._max_queue_size = max_queue_size
-        self._max_concurrency = max_concurrency
         # Tells the intake whether events now go through the spool (`diverting`).
         self._divert_changed = on_divert_change
         self._target = spool
@@ -396,7 +399,7 @@ class Spooler:
         limit = self._max_queue_size
         if self.outage:
             # While the endpoint is down, keep just enough in memory to notice it is back.
-            limit = min(limit, 2 * self._max_concurrency)
+            limit = min(limit, SPOOL_OUTAGE_IN_MEMORY)
         return limit - self._queue.count
 
     def _forget_unreadable(self, spooled: SpooledEvent) -> None:
