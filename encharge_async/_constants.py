@@ -68,9 +68,6 @@ SPOOL_LOAD_PAGE: Final = 1000
 # Events waiting for the spool's writer (which appends them all in one transaction) at most,
 # or max_queue_size if larger: beyond, the disk is not keeping up and new events are dropped.
 SPOOL_MAX_PENDING: Final = 1000
-# During an outage, events read back from the spool into memory at most: enough to notice
-# the endpoint is back (the concurrency limit's start), not the whole ceiling.
-SPOOL_OUTAGE_IN_MEMORY: Final = 32
 SPOOL_CLOSE_TIMEOUT: Final = 5.0
 
 # The local emulator (encharge_async.emulator): what it keeps, and who may talk to it.

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import anyio
 
 from ._config import Config
-from ._constants import DEFAULT_BLOCK_TIMEOUT, TRANSPORT_CLOSE_TIMEOUT
+from ._constants import ADAPTIVE_INITIAL_LIMIT, DEFAULT_BLOCK_TIMEOUT, TRANSPORT_CLOSE_TIMEOUT
 from ._dispatcher import Dispatcher
 from ._events import FILTERED, Entry, Waiter
 from ._exceptions import ConfigurationError, DeliveryError, ValidationError
@@ -98,6 +98,8 @@ class Pipeline:
                 always=config.spool_mode == "always",
                 limits=SpoolLimits(max_bytes=config.spool_max_bytes, max_age=config.spool_max_age),
                 max_queue_size=config.max_queue_size,
+                # Twice what the concurrency limit starts at.
+                outage_in_memory=2 * min(config.max_concurrency, ADAPTIVE_INITIAL_LIMIT),
                 on_divert_change=self._divert_changed,
             )
             self.ledger.spool_listener = spooler.finished

@@ -36,7 +36,6 @@ from ._constants import (
     SPOOL_CLOSE_TIMEOUT,
     SPOOL_LOAD_PAGE,
     SPOOL_MAX_PENDING,
-    SPOOL_OUTAGE_IN_MEMORY,
 )
 from ._events import DELIVERED, FAILED, FROM_EARLIER, SPOOLED, Entry, Waiter
 from ._exceptions import DeliveryError, ValidationError
@@ -71,11 +70,15 @@ class Spooler:
         always: bool,
         limits: SpoolLimits,
         max_queue_size: int,
+        outage_in_memory: int,
         on_divert_change: Callable[[], None],
     ) -> None:
         self._queue = queue
         self._ledger = ledger
         self._max_queue_size = max_queue_size
+        # During an outage, what is read back into memory at most: enough to notice the
+        # endpoint is back.
+        self._outage_in_memory = outage_in_memory
         # Tells the intake whether events now go through the spool (`diverting`).
         self._divert_changed = on_divert_change
         self._target = spool
@@ -399,7 +402,7 @@ class Spooler:
         limit = self._max_queue_size
         if self.outage:
             # While the endpoint is down, keep just enough in memory to notice it is back.
-            limit = min(limit, SPOOL_OUTAGE_IN_MEMORY)
+            limit = min(limit, self._outage_in_memory)
         return limit - self._queue.count
 
     def _forget_unreadable(self, spooled: SpooledEvent) -> None:
