@@ -103,3 +103,12 @@ KEEPALIVE_TIMEOUT_MARGIN: Final = 1.0
 # Serverless (integrations.serverless.flush_after): the time left to an AWS Lambda-style
 # handler after its flush, so that the flush never runs into the function's own timeout.
 SERVERLESS_TIME_MARGIN: Final = 0.5
+
+# -- Values quoted in errors and log lines (_text) ---------------------------------------------
+
+# A value quoted in an error or a log line shows at most this many characters (then its
+# length), escaped: a 2 MB name must not make a 2 MB message, nor a CR/LF a forged log line.
+QUOTED_VALUE_CHARS: Final = 40
+# An IPv6 address with an embedded IPv4 one and a scope id fits in this; longer is refused
+# before parsing.
+MAX_IP_ADDRESS_CHARS: Final = 100

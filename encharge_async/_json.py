@@ -19,7 +19,7 @@ from typing import Any
 from ._constants import MAX_NESTING_DEPTH
 from ._exceptions import ValidationError
 
-__all__ = ["dumps", "loads", "use_orjson"]
+__all__ = ["dumps", "dumps_plain", "loads", "plain_size", "size_bound", "use_orjson"]
 
 
 def _default(value: Any) -> Any:
@@ -112,15 +112,145 @@ if orjson is not None:
         # third of memoryview(data).tobytes(); slices and bytes() return `data` itself).
         return b"%b" % data
 
+    def _fast_plain(obj: Mapping[str, Any]) -> bytes:
+        # Only values `plain_size` accepted come here: no `default` needed, and no NaN or
+        # infinity, so no scan for the nulls orjson would have written for them.
+        try:
+            data: bytes = _orjson_dumps(obj)
+        except TypeError:  # ints over 64 bits, non-string keys, lone surrogates
+            return _stdlib_only(obj)
+        return b"%b" % data
+
     dumps = _fast
+    dumps_plain = _fast_plain
 else:  # pragma: no cover
-    dumps = _stdlib_only
+    dumps = dumps_plain = _stdlib_only
 
 
 def use_orjson(enabled: bool) -> None:
     """Switch between the orjson and stdlib serialisers (for tests and benchmarks)."""
-    global dumps
-    dumps = _fast if enabled and orjson is not None else _stdlib_only
+    global dumps, dumps_plain
+    if enabled and orjson is not None:
+        dumps, dumps_plain = _fast, _fast_plain
+    else:
+        dumps = dumps_plain = _stdlib_only
+
+
+# -- Sizes before serialising ------------------------------------------------------------------
+#
+# Serialising a value costs its size again (orjson reserves more still), so an event far over
+# max_event_bytes is refused from a lower bound of its size, counted without serialising.
+# Counted: one byte per item of each container and the characters of every string, which
+# take at least that much room in the JSON text. The walk runs on the caller's line for every
+# event: it is written for the interpreter's cheapest operations (docs/performance.md).
+
+# Deeper than this, `plain_size` hands over to the careful walk, which knows the exact limit.
+_PLAIN_DEPTH = 32
+
+
+def plain_size(obj: Mapping[str, Any], limit: int) -> int:
+    """A lower bound of the JSON size of a dict of plain JSON values; -1 if it holds others.
+
+    Plain: exactly str, int, bool, None, finite floats, and dicts, lists and tuples of them:
+    what `dumps_plain` takes. Anything else (a NaN, a datetime, a subclass, deep nesting)
+    gets -1: `size_bound` and `dumps` then. Keys are not counted here (the exact check after
+    serialising still applies to them); `size_bound` counts them.
+    """
+    size = len(obj)
+    for value in obj.values():
+        cls = type(value)
+        if cls is str:
+            size += len(value)
+        elif cls is dict:
+            # The second level inline: a call per nested dict costs more than its walk.
+            size += len(value)
+            for item in value.values():
+                cls = type(item)
+                if cls is str:
+                    size += len(item)
+                elif cls is dict or cls is list or cls is tuple:
+                    inner = _plain_deep(item, limit, 3)
+                    if inner < 0:
+                        return -1
+                    size += inner
+                elif not (
+                    cls is int
+                    or cls is bool
+                    or item is None
+                    or (cls is float and item - item == 0.0)
+                ):
+                    return -1
+        elif cls is list or cls is tuple:
+            inner = _plain_deep(value, limit, 2)
+            if inner < 0:
+                return -1
+            size += inner
+        elif not (
+            cls is int or cls is bool or value is None or (cls is float and value - value == 0.0)
+        ):
+            return -1
+    return size
+
+
+def _plain_deep(container: Any, limit: int, depth: int) -> int:
+    """`plain_size` of a nested dict, list or tuple at `depth` (the event is depth 1)."""
+    size = len(container)
+    if size > limit:  # a long list of numbers: no need to look at them
+        return size
+    if depth > _PLAIN_DEPTH:
+        return -1
+    for value in container.values() if type(container) is dict else container:
+        cls = type(value)
+        if cls is str:
+            size += len(value)
+        elif cls is dict or cls is list or cls is tuple:
+            inner = _plain_deep(value, limit, depth + 1)
+            if inner < 0:
+                return -1
+            size += inner
+            if size > limit:
+                return size
+        elif not (
+            cls is int or cls is bool or value is None or (cls is float and value - value == 0.0)
+        ):
+            return -1
+    return size
+
+
+def size_bound(obj: object, limit: int) -> int:
+    """A lower bound of the JSON size of any value `dumps` takes, counted as `plain_size` does.
+
+    Values serialised through `_default` (datetimes, Decimals, dataclasses, enums, sets) are
+    converted to count them. Stops once the count passes `limit`; does not descend past
+    MAX_NESTING_DEPTH (serialising then reports the depth).
+    """
+    size = 0
+    stack: list[tuple[object, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (str, bytes, bytearray)):
+            size += len(value)
+        elif isinstance(value, Mapping):
+            size += len(value)
+            if depth <= MAX_NESTING_DEPTH:
+                for key, item in value.items():
+                    size += len(key) if isinstance(key, str) else 1
+                    stack.append((item, depth + 1))
+        elif isinstance(value, (list, tuple)):
+            size += len(value)
+            if depth <= MAX_NESTING_DEPTH:
+                stack.extend((item, depth + 1) for item in value)
+        elif value is None or isinstance(value, (int, float)):
+            size += 1
+        else:
+            try:
+                converted = _default(value)
+            except (TypeError, ValueError):
+                continue  # not serialisable: `dumps` says so
+            stack.append((converted, depth))
+        if size > limit:
+            break
+    return size
 
 
 def loads(data: bytes | str) -> Any:
