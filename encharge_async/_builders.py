@@ -187,7 +187,7 @@ def build_track(
 ) -> Entry:
     if not isinstance(name, str) or not name or name.isspace():
         raise ValidationError(f"name must be a non-empty string, got {describe(name)}")
-    if (
+    if not (
         user is None
         and email.__class__ is str
         and user_id.__class__ is str
@@ -195,44 +195,78 @@ def build_track(
         and user_id
         and not user_id.isspace()
     ):
-        # The usual call (both identifiers, as strings), without the call into `_person`.
-        person: dict[str, Any] = {"email": email, "userId": user_id}
-        # Strings seen here count at C level; the walk is for the properties only.
-        size = len(name) + len(email) + len(user_id)
-        lane_user: object = user_id
-        lane_email: object = email
-    else:
-        person = _person(user, email, user_id, "user")
-        if "userId" not in person and "email" not in person:
-            raise ValidationError(
-                f"event {quote(name)} needs an email or a user_id to identify the person"
+        return _build_other_track(
+            name, email, user_id, user, properties, source_ip, max_bytes, message_id
+        )
+    # The usual call (both identifiers, as strings), inline: the hot path
+    # (docs/performance.md). Its size is bounded before the identifiers are lowered and
+    # hashed for the lanes and before serialising: the strings seen here count at C level,
+    # the properties' first level is `_json.plain_size`'s, inline.
+    wire: dict[str, Any] = {"name": name, "user": {"email": email, "userId": user_id}}
+    size = len(name) + len(email) + len(user_id)
+    if properties is not None:
+        if properties.__class__ is not dict:
+            return _build_other_track(
+                name, email, user_id, user, properties, source_ip, max_bytes, message_id
             )
-        size = -1  # the whole event is walked (`_serialise`)
-        lane_user, lane_email = person.get("userId"), person.get("email")
+        wire["properties"] = properties
+        size += len(properties)
+        for value in properties.values():
+            if type(value) is str:
+                size += len(value)
+            elif not (
+                value is True
+                or value is False
+                or value is None
+                or type(value) is int
+                or (type(value) is float and value - value == 0.0)
+            ):
+                extra = _json.plain_value_size(value, max_bytes)
+                if extra < 0:  # not plain JSON: the careful walk and serialiser
+                    return _build_other_track(
+                        name, email, user_id, user, properties, source_ip, max_bytes, message_id
+                    )
+                size += extra
+    if source_ip is not None:
+        wire["sourceIp"] = _check_ip(source_ip)
+    if size > max_bytes:
+        raise _too_large(name, size, max_bytes, at_least=True)
+    body = _json.dumps_plain(wire)
+    if len(body) > max_bytes:
+        raise _too_large(name, len(body), max_bytes)
+    if message_id is not None:
+        check_message_id(message_id)
+    return Entry(name, body, person_lanes(user_id, email), message_id)
+
+
+def _build_other_track(
+    name: str,
+    email: str | None,
+    user_id: str | int | None,
+    user: Mapping[str, Any] | None,
+    properties: Mapping[str, Any] | None,
+    source_ip: str | None,
+    max_bytes: int,
+    message_id: str | None,
+) -> Entry:
+    """`build_track` beyond the usual call: any person, any properties, walked whole."""
+    person = _person(user, email, user_id, "user")
+    if "userId" not in person and "email" not in person:
+        raise ValidationError(
+            f"event {quote(name)} needs an email or a user_id to identify the person"
+        )
     wire: dict[str, Any] = {"name": name, "user": person}
     if properties is not None:
         if properties.__class__ is not dict:
             _check_mapping(properties, "properties")
-            size = -1
         wire["properties"] = properties
-        if size >= 0:
-            extra = _json.plain_size(properties, max_bytes)
-            size = size + extra if extra >= 0 else -1
     if source_ip is not None:
         wire["sourceIp"] = _check_ip(source_ip)
-    # `_finish`, inlined: the hot path (docs/performance.md). Sizes are checked before the
-    # identifiers are lowered and hashed for the lanes, and before serialising.
-    if size < 0:
-        body = _serialise(name, wire, max_bytes)
-    elif size > max_bytes:
-        raise _too_large(name, size, max_bytes, at_least=True)
-    else:
-        body = _json.dumps_plain(wire)
-        if len(body) > max_bytes:
-            raise _too_large(name, len(body), max_bytes)
+    body = _serialise(name, wire, max_bytes)
     if message_id is not None:
         check_message_id(message_id)
-    return Entry(name, body, person_lanes(lane_user, lane_email), message_id)
+    lanes = person_lanes(person.get("userId"), person.get("email"))
+    return Entry(name, body, lanes, message_id)
 
 
 def build_identify(

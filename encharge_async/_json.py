@@ -19,7 +19,15 @@ from typing import Any
 from ._constants import MAX_NESTING_DEPTH
 from ._exceptions import ValidationError
 
-__all__ = ["dumps", "dumps_plain", "loads", "plain_size", "size_bound", "use_orjson"]
+__all__ = [
+    "dumps",
+    "dumps_plain",
+    "loads",
+    "plain_size",
+    "plain_value_size",
+    "size_bound",
+    "use_orjson",
+]
 
 
 def _default(value: Any) -> Any:
@@ -154,56 +162,52 @@ def plain_size(obj: Mapping[str, Any], limit: int) -> int:
     Plain: exactly str, int, bool, None, finite floats, and dicts, lists and tuples of them:
     what `dumps_plain` takes. Anything else (a NaN, a datetime, a subclass, deep nesting)
     gets -1: `size_bound` and `dumps` then. Keys are not counted here (the exact check after
-    serialising still applies to them); `size_bound` counts them.
+    serialising still applies to them); `size_bound` counts them. `build_track` has this
+    function's first level inline.
     """
-    size = len(obj)
-    for value in obj.values():
-        cls = type(value)
-        if cls is str:
-            size += len(value)
-        elif cls is dict:
-            # The second level inline: a call per nested dict costs more than its walk.
-            size += len(value)
-            for item in value.values():
-                cls = type(item)
-                if cls is str:
-                    size += len(item)
-                elif cls is dict or cls is list or cls is tuple:
-                    inner = _plain_deep(item, limit, 3)
+    return _plain_deep(obj, limit, 2)
+
+
+def plain_value_size(value: object, limit: int) -> int:
+    """`plain_size` of a value among an event's properties other than a str or a number."""
+    if type(value) is dict:
+        # This level inline too: nested values are mostly small dicts of strings and numbers.
+        size = len(value)
+        for item in value.values():
+            if type(item) is str:
+                size += len(item)
+            elif not (
+                item is True
+                or item is False
+                or item is None
+                or type(item) is int
+                or (type(item) is float and item - item == 0.0)
+            ):
+                if type(item) is dict or type(item) is list or type(item) is tuple:
+                    inner = _plain_deep(item, limit, 4)
                     if inner < 0:
                         return -1
                     size += inner
-                elif not (
-                    cls is int
-                    or cls is bool
-                    or item is None
-                    or (cls is float and item - item == 0.0)
-                ):
+                else:
                     return -1
-        elif cls is list or cls is tuple:
-            inner = _plain_deep(value, limit, 2)
-            if inner < 0:
-                return -1
-            size += inner
-        elif not (
-            cls is int or cls is bool or value is None or (cls is float and value - value == 0.0)
-        ):
-            return -1
-    return size
+        return size
+    if type(value) is list or type(value) is tuple:
+        return _plain_deep(value, limit, 3)
+    return -1
 
 
 def _plain_deep(container: Any, limit: int, depth: int) -> int:
-    """`plain_size` of a nested dict, list or tuple at `depth` (the event is depth 1)."""
+    """`plain_size` of a dict, list or tuple at `depth` (the event is depth 1)."""
     size = len(container)
     if size > limit:  # a long list of numbers: no need to look at them
         return size
     if depth > _PLAIN_DEPTH:
         return -1
     for value in container.values() if type(container) is dict else container:
-        cls = type(value)
-        if cls is str:
+        kind = type(value)
+        if kind is str:
             size += len(value)
-        elif cls is dict or cls is list or cls is tuple:
+        elif kind is dict or kind is list or kind is tuple:
             inner = _plain_deep(value, limit, depth + 1)
             if inner < 0:
                 return -1
@@ -211,7 +215,7 @@ def _plain_deep(container: Any, limit: int, depth: int) -> int:
             if size > limit:
                 return size
         elif not (
-            cls is int or cls is bool or value is None or (cls is float and value - value == 0.0)
+            kind is int or kind is bool or value is None or (kind is float and value - value == 0.0)
         ):
             return -1
     return size
