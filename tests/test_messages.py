@@ -8,7 +8,7 @@ import json
 import logging
 import tracemalloc
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -180,7 +180,8 @@ async def test_delivery_error_quotes_a_long_name_shortly(make_client: ClientFact
         client.track_nowait("N\n" * 100_000, user_id="1")
     assert len(errors) == 1
     text = str(errors[0])
-    assert len(text) < 400 and text.isprintable(), text
+    assert len(text) < 400, text
+    assert text.isprintable(), text
     assert "(200000 characters)" in text
 
 
@@ -237,14 +238,6 @@ class _RawServer:
         await self.server.wait_closed()
 
 
-@pytest.fixture
-async def capture_logs(caplog: pytest.LogCaptureFixture) -> AsyncIterator[list[str]]:
-    caplog.set_level(logging.DEBUG, logger="encharge_async")
-    lines: list[str] = []
-    yield lines
-    lines.extend(logging.Formatter().format(record) for record in caplog.records)
-
-
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.parametrize("kind", list(_echoes()))
 @pytest.mark.parametrize("transport", ["lean", "httpx"])
@@ -258,9 +251,11 @@ async def test_server_bodies_are_scrubbed_cut_and_escaped(
     options: dict[str, Any] = {"on_error": errors.append, "max_retries": 0}
     if transport == "httpx":
         options["transport"] = httpx.MockTransport(lambda request: httpx.Response(400, text=body))
-    async with _RawServer(400, body.encode()) as url:
-        async with AsyncEncharge(WRITE_KEY, endpoint=url, **options) as client:
-            client.track_nowait("E", user_id="1")
+    async with (
+        _RawServer(400, body.encode()) as url,
+        AsyncEncharge(WRITE_KEY, endpoint=url, **options) as client,
+    ):
+        client.track_nowait("E", user_id="1")
     assert len(errors) == 1
     error = errors[0]
     texts = [str(error), error.body, repr(error)]
@@ -269,7 +264,8 @@ async def test_server_bodies_are_scrubbed_cut_and_escaped(
     pieces = {WRITE_KEY[i : i + 8] for i in range(len(WRITE_KEY) - 7)}
     for text in texts:
         assert not any(piece in text for piece in pieces), text
-        assert "\r" not in text and "\x1b" not in text, text
+        assert "\r" not in text, text
+        assert "\x1b" not in text, text
         assert text.count("\n") == 0 or text.startswith("Traceback"), text
     assert len(error.body) < 600
 
