@@ -225,36 +225,50 @@ def size_bound(obj: object, limit: int) -> int:
     """A lower bound of the JSON size of any value `dumps` takes, counted as `plain_size` does.
 
     Values serialised through `_default` (datetimes, Decimals, dataclasses, enums, sets) are
-    converted to count them. Stops once the count passes `limit`; does not descend past
-    MAX_NESTING_DEPTH (serialising then reports the depth).
+    converted to count them; keys count too. Stops once the count passes `limit` (before
+    looking into a container that takes it past); does not descend past MAX_NESTING_DEPTH
+    (serialising then reports the depth). Only containers and converted values are stacked.
     """
-    size = 0
-    stack: list[tuple[object, int]] = [(obj, 1)]
+    stack: list[tuple[object, int]] = []
+    size = _leaf_size(obj, 0, stack)
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, (str, bytes, bytearray)):
+        if isinstance(value, Mapping):
             size += len(value)
-        elif isinstance(value, Mapping):
-            size += len(value)
-            if depth <= MAX_NESTING_DEPTH:
-                for key, item in value.items():
-                    size += len(key) if isinstance(key, str) else 1
-                    stack.append((item, depth + 1))
+            if size > limit:
+                break
+            if depth > MAX_NESTING_DEPTH:
+                continue
+            for key, item in value.items():
+                size += len(key) if isinstance(key, str) else 1
+                size += _leaf_size(item, depth, stack)
         elif isinstance(value, (list, tuple)):
             size += len(value)
-            if depth <= MAX_NESTING_DEPTH:
-                stack.extend((item, depth + 1) for item in value)
-        elif value is None or isinstance(value, (int, float)):
-            size += 1
+            if size > limit:
+                break
+            if depth > MAX_NESTING_DEPTH:
+                continue
+            for item in value:
+                size += _leaf_size(item, depth, stack)
         else:
             try:
                 converted = _default(value)
             except (TypeError, ValueError):
                 continue  # not serialisable: `dumps` says so
-            stack.append((converted, depth))
+            size += _leaf_size(converted, depth - 1, stack)
         if size > limit:
             break
     return size
+
+
+def _leaf_size(value: object, depth: int, stack: list[tuple[object, int]]) -> int:
+    """The size of a string or a number (0: its container counted it); others are stacked."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return len(value)
+    if value is None or isinstance(value, (int, float)):
+        return 0
+    stack.append((value, depth + 1))
+    return 0
 
 
 def loads(data: bytes | str) -> Any:

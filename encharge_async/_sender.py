@@ -18,7 +18,7 @@ from ._retry import Attempt, Failure, parse_retry_after
 from ._text import escape
 from ._version import __version__
 
-__all__ = ["USER_AGENT", "Sender", "secret_pattern"]
+__all__ = ["USER_AGENT", "Sender"]
 
 USER_AGENT = (
     f"encharge-async/{__version__} httpx/{httpx.__version__} "
@@ -42,7 +42,7 @@ class Sender:
     ) -> None:
         self._transport = transport
         self._url = url
-        self._secret = secret_pattern(write_key)
+        self._secret = _secret_pattern(write_key)
         self._timeout = timeout
         self._headers = [
             (b"Accept", b"application/json"),
@@ -146,19 +146,20 @@ class Sender:
         return escape(text)
 
 
-def secret_pattern(secret: str) -> re.Pattern[str]:
+def _secret_pattern(secret: str) -> re.Pattern[str]:
     """A pattern that finds `secret` as is, JSON-escaped or percent-encoded, in any mix.
 
-    JSON may write any character as \\uXXXX and a slash as \\/; a URL or a form body writes
-    it as %XX. Hex digits in either case; a match ignoring case too (a few more characters
-    redacted is harmless).
+    JSON may write any character as \\uXXXX and a slash as \\/ (with more backslashes when
+    JSON is nested in JSON); a URL or a form body writes it as %XX. Hex digits in either
+    case; the match ignores case altogether (a few more characters redacted is harmless).
     """
     forms = []
     for char in secret:
         code = ord(char)
-        alternatives = [re.escape(char), rf"\\u{code:04x}", rf"%{code:02x}"]
+        # One backslash or more: JSON inside JSON doubles them.
+        alternatives = [re.escape(char), rf"\\+u{code:04x}", rf"%{code:02x}"]
         if char == "/":
-            alternatives.append(r"\\/")
+            alternatives.append(r"\\+/")
         forms.append(f"(?:{'|'.join(alternatives)})")
     return re.compile("".join(forms), re.IGNORECASE)
 
