@@ -9,15 +9,15 @@ A new kind of event is a new builder here plus its public methods (docs/design.m
 from __future__ import annotations
 
 import ipaddress
-import reprlib
 from collections.abc import Mapping
 from typing import Any
 
 from . import _json
-from ._constants import MAX_MESSAGE_ID_CHARS
+from ._constants import MAX_IP_ADDRESS_CHARS, MAX_MESSAGE_ID_CHARS
 from ._events import Entry
 from ._exceptions import ValidationError
 from ._ordering import ordering_lanes, person_lanes
+from ._text import quote
 
 __all__ = [
     "build_alias",
@@ -46,18 +46,9 @@ def _check_user_id(user_id: object, field: str) -> str | int:
     return user_id
 
 
-_short_repr = reprlib.Repr()
-_short_repr.maxlevel = 3
-_short_repr.maxstring = _short_repr.maxother = 40
-
-
 def describe(value: object) -> str:
-    # reprlib: bounded depth and length, so a huge or deeply nested value cannot turn the
-    # error message itself into a RecursionError.
-    text = _short_repr.repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{type(value).__name__} {text}"
+    """A value for an error message: its type and a shortened, escaped repr (`_text.quote`)."""
+    return f"{type(value).__name__} {quote(value)}"
 
 
 def _check_mapping(value: object, field: str) -> Mapping[str, Any]:
@@ -98,12 +89,13 @@ def _person_from_mapping(
     if email is not None:
         known = person.get("email")
         if known is not None and known != email:
-            raise ValidationError(f"email={email!r} conflicts with {field}['email']={known!r}")
+            # Field names say enough: the addresses are personal data, kept out of errors.
+            raise ValidationError(f"email conflicts with {field}['email']")
         person["email"] = email
     if user_id is not None:
         known = person.get("userId")
         if known is not None and known != user_id:
-            raise ValidationError(f"user_id={user_id!r} conflicts with {field}['userId']={known!r}")
+            raise ValidationError(f"user_id conflicts with {field}['userId']")
         person["userId"] = user_id
     if "email" in person:
         _check_email(person["email"], f"{field}.email")
@@ -120,12 +112,27 @@ def _person_from_mapping(
 
 def _finish(name: str, wire: dict[str, Any], max_bytes: int, message_id: str | None) -> Entry:
     """Serialise the wire form and make the queue's entry, with its ordering lanes."""
-    body = _json.dumps(wire)
-    if len(body) > max_bytes:
-        raise _too_large(name, body, max_bytes)
+    body = _serialise(name, wire, max_bytes)
     if message_id is not None:
         check_message_id(message_id)
     return Entry(name, body, ordering_lanes(wire), message_id)
+
+
+def _serialise(name: str, wire: dict[str, Any], max_bytes: int) -> bytes:
+    """The wire form's JSON; an event over `max_bytes` is refused, far over it unserialised."""
+    size = _json.plain_size(wire, max_bytes)
+    if size < 0:
+        size = _json.size_bound(wire, max_bytes)
+        if size > max_bytes:
+            raise _too_large(name, size, max_bytes, at_least=True)
+        body = _json.dumps(wire)
+    elif size > max_bytes:
+        raise _too_large(name, size, max_bytes, at_least=True)
+    else:
+        body = _json.dumps_plain(wire)
+    if len(body) > max_bytes:
+        raise _too_large(name, len(body), max_bytes)
+    return body
 
 
 def entry_from_wire(name: str, body: bytes, message_id: str, attempts: int) -> Entry:
@@ -147,10 +154,10 @@ def entry_from_wire(name: str, body: bytes, message_id: str, attempts: int) -> E
     return Entry(name, body, lanes, message_id, attempts)
 
 
-def _too_large(name: str, body: bytes, max_bytes: int) -> ValidationError:
-    return ValidationError(
-        f"event {name!r} is {len(body)} bytes serialised, over max_event_bytes={max_bytes}"
-    )
+def _too_large(name: str, size: int, max_bytes: int, *, at_least: bool = False) -> ValidationError:
+    # `at_least`: refused from a lower bound of its size, before serialising it.
+    what = f"at least {size} bytes, refused before serialising" if at_least else f"{size} bytes"
+    return ValidationError(f"event {quote(name)} is {what}, over max_event_bytes={max_bytes}")
 
 
 def check_message_id(message_id: object) -> None:
@@ -180,7 +187,7 @@ def build_track(
 ) -> Entry:
     if not isinstance(name, str) or not name or name.isspace():
         raise ValidationError(f"name must be a non-empty string, got {describe(name)}")
-    if (
+    if not (
         user is None
         and email.__class__ is str
         and user_id.__class__ is str
@@ -188,16 +195,66 @@ def build_track(
         and user_id
         and not user_id.isspace()
     ):
-        # The usual call (both identifiers, as strings), without the call into `_person`.
-        person: dict[str, Any] = {"email": email, "userId": user_id}
-        lanes = person_lanes(user_id, email)
-    else:
-        person = _person(user, email, user_id, "user")
-        if "userId" not in person and "email" not in person:
-            raise ValidationError(
-                f"event {name!r} needs an email or a user_id to identify the person"
+        return _build_other_track(
+            name, email, user_id, user, properties, source_ip, max_bytes, message_id
+        )
+    # The usual call (both identifiers, as strings), inline: the hot path
+    # (docs/performance.md). Its size is bounded before the identifiers are lowered and
+    # hashed for the lanes and before serialising: the strings seen here count at C level,
+    # the properties' first level is `_json.plain_size`'s, inline.
+    wire: dict[str, Any] = {"name": name, "user": {"email": email, "userId": user_id}}
+    size = len(name) + len(email) + len(user_id)
+    if properties is not None:
+        if properties.__class__ is not dict:
+            return _build_other_track(
+                name, email, user_id, user, properties, source_ip, max_bytes, message_id
             )
-        lanes = person_lanes(person.get("userId"), person.get("email"))
+        wire["properties"] = properties
+        size += len(properties)
+        for value in properties.values():
+            if type(value) is str:
+                size += len(value)
+            elif not (
+                value is True
+                or value is False
+                or value is None
+                or type(value) is int
+                or (type(value) is float and value - value == 0.0)
+            ):
+                extra = _json.plain_value_size(value, max_bytes)
+                if extra < 0:  # not plain JSON: the careful walk and serialiser
+                    return _build_other_track(
+                        name, email, user_id, user, properties, source_ip, max_bytes, message_id
+                    )
+                size += extra
+    if source_ip is not None:
+        wire["sourceIp"] = _check_ip(source_ip)
+    if size > max_bytes:
+        raise _too_large(name, size, max_bytes, at_least=True)
+    body = _json.dumps_plain(wire)
+    if len(body) > max_bytes:
+        raise _too_large(name, len(body), max_bytes)
+    if message_id is not None:
+        check_message_id(message_id)
+    return Entry(name, body, person_lanes(user_id, email), message_id)
+
+
+def _build_other_track(
+    name: str,
+    email: str | None,
+    user_id: str | int | None,
+    user: Mapping[str, Any] | None,
+    properties: Mapping[str, Any] | None,
+    source_ip: str | None,
+    max_bytes: int,
+    message_id: str | None,
+) -> Entry:
+    """`build_track` beyond the usual call: any person, any properties, walked whole."""
+    person = _person(user, email, user_id, "user")
+    if "userId" not in person and "email" not in person:
+        raise ValidationError(
+            f"event {quote(name)} needs an email or a user_id to identify the person"
+        )
     wire: dict[str, Any] = {"name": name, "user": person}
     if properties is not None:
         if properties.__class__ is not dict:
@@ -205,12 +262,10 @@ def build_track(
         wire["properties"] = properties
     if source_ip is not None:
         wire["sourceIp"] = _check_ip(source_ip)
-    # `_finish`, inlined: the hot path (docs/performance.md).
-    body = _json.dumps(wire)
-    if len(body) > max_bytes:
-        raise _too_large(name, body, max_bytes)
+    body = _serialise(name, wire, max_bytes)
     if message_id is not None:
         check_message_id(message_id)
+    lanes = person_lanes(person.get("userId"), person.get("email"))
     return Entry(name, body, lanes, message_id)
 
 
@@ -287,9 +342,12 @@ def _check_ip(source_ip: object) -> str:
     if not isinstance(source_ip, str):
         raise ValidationError(f"source_ip must be a string, got {describe(source_ip)}")
     try:
+        # Bounded first: parsing splits the text, a copy of a huge one.
+        if len(source_ip) > MAX_IP_ADDRESS_CHARS:
+            raise ValueError
         ipaddress.ip_address(source_ip)
     except ValueError:
         raise ValidationError(
-            f"source_ip must be an IPv4 or IPv6 address, got {source_ip!r}"
+            f"source_ip must be an IPv4 or IPv6 address, got {quote(source_ip)}"
         ) from None
     return source_ip

@@ -101,11 +101,13 @@ def resolve_endpoint(endpoint: str | httpx.URL | None) -> httpx.URL:
         raise ConfigurationError(f"endpoint is not a valid URL: {exc}") from None
     if url.userinfo:
         raise ConfigurationError("endpoint must not contain a user name or password")
-    shown = repr(str(url))[:200]
     if url.scheme not in ("http", "https") or not url.host:
+        # Not shown: without an authority (mailto:user:password@host), userinfo is not split
+        # off, and the whole text may be a secret.
         raise ConfigurationError(
-            f"endpoint {shown} must be an absolute http(s) URL such as {DEFAULT_ENDPOINT}"
+            f"endpoint must be an absolute http(s) URL such as {DEFAULT_ENDPOINT}"
         )
+    shown = repr(str(url))[:200]
     if url.port is not None and not 0 < url.port < 65536:
         raise ConfigurationError(f"endpoint {shown} has a port outside 1-65535")
     if url.scheme == "http" and not _is_loopback(url.host):
@@ -179,6 +181,8 @@ def check_proxy(proxy: object) -> httpx.URL | None:
         raise ConfigurationError(
             f"proxy must be an http://, https:// or socks5:// URL, got scheme {url.scheme[:20]!r}"
         )
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ConfigurationError("proxy has a port outside 1-65535")
     return url
 
 

@@ -122,3 +122,12 @@ ADAPTIVE_LATENCY_SLACK: Final = 0.010
 # The minimum latency is the smallest seen over the last one to two windows of this many
 # seconds, so that it follows a lasting change of route or server.
 ADAPTIVE_MIN_LATENCY_WINDOW: Final = 10.0
+
+# -- Values quoted in errors and log lines (_text) ---------------------------------------------
+
+# A value quoted in an error or a log line shows at most this many characters (then its
+# length), escaped: a 2 MB name must not make a 2 MB message, nor a CR/LF a forged log line.
+QUOTED_VALUE_CHARS: Final = 40
+# An IPv6 address with an embedded IPv4 one and a scope id fits in this; longer is refused
+# before parsing.
+MAX_IP_ADDRESS_CHARS: Final = 100

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._text import quote
+
 if TYPE_CHECKING:
     from ._events import Event
 
@@ -91,7 +93,7 @@ class DeliveryError(EnchargeError):
         self.body = body
         self.attempts = attempts
         self.event = event
-        name = f" {event.name!r}" if event is not None else ""
+        name = f" {quote(event.name)}" if event is not None else ""
         detail = f"HTTP {status}: {reason}" if status is not None else reason
         if body:
             detail = f"{detail}: {body}"

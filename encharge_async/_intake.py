@@ -19,6 +19,7 @@ from ._exceptions import ClientClosedError, QueueFullError
 from ._ledger import Ledger
 from ._queue import DeliveryQueue
 from ._runtime import LoopBinding
+from ._text import quote
 from ._types import DropReason, Overflow
 
 __all__ = ["DisabledIntake", "Intake", "ShapedIntake"]
@@ -112,14 +113,16 @@ class Intake:
                     self._divert(entry)  # the spool never makes anyone wait
                     if entry.state == DROPPED:
                         raise QueueFullError(
-                            f"no room for event {entry.name!r}, in memory or in the spool"
+                            f"no room for event {quote(entry.name)}, in memory or in the spool"
                         )
                     return
                 if not queue.is_full(size):
                     queue.put_nowait(entry)
                     return
                 await queue.wait_for_departure()
-        raise QueueFullError(f"no room in the queue within {timeout:g}s for event {entry.name!r}")
+        raise QueueFullError(
+            f"no room in the queue within {timeout:g}s for event {quote(entry.name)}"
+        )
 
     def _divert(self, entry: Entry) -> None:
         divert = self.divert

@@ -19,7 +19,15 @@ from typing import Any
 from ._constants import MAX_NESTING_DEPTH
 from ._exceptions import ValidationError
 
-__all__ = ["dumps", "loads", "use_orjson"]
+__all__ = [
+    "dumps",
+    "dumps_plain",
+    "loads",
+    "plain_size",
+    "plain_value_size",
+    "size_bound",
+    "use_orjson",
+]
 
 
 def _default(value: Any) -> Any:
@@ -112,15 +120,155 @@ if orjson is not None:
         # third of memoryview(data).tobytes(); slices and bytes() return `data` itself).
         return b"%b" % data
 
+    def _fast_plain(obj: Mapping[str, Any]) -> bytes:
+        # Only values `plain_size` accepted come here: no `default` needed, and no NaN or
+        # infinity, so no scan for the nulls orjson would have written for them.
+        try:
+            data: bytes = _orjson_dumps(obj)
+        except TypeError:  # ints over 64 bits, non-string keys, lone surrogates
+            return _stdlib_only(obj)
+        return b"%b" % data
+
     dumps = _fast
+    dumps_plain = _fast_plain
 else:  # pragma: no cover
-    dumps = _stdlib_only
+    dumps = dumps_plain = _stdlib_only
 
 
 def use_orjson(enabled: bool) -> None:
     """Switch between the orjson and stdlib serialisers (for tests and benchmarks)."""
-    global dumps
-    dumps = _fast if enabled and orjson is not None else _stdlib_only
+    global dumps, dumps_plain
+    if enabled and orjson is not None:
+        dumps, dumps_plain = _fast, _fast_plain
+    else:
+        dumps = dumps_plain = _stdlib_only
+
+
+# -- Sizes before serialising ------------------------------------------------------------------
+#
+# Serialising a value costs its size again (orjson reserves more still), so an event far over
+# max_event_bytes is refused from a lower bound of its size, counted without serialising.
+# Counted: one byte per item of each container and the characters of every string, which
+# take at least that much room in the JSON text. The walk runs on the caller's line for every
+# event: it is written for the interpreter's cheapest operations (docs/performance.md).
+
+# Deeper than this, `plain_size` hands over to the careful walk, which knows the exact limit.
+_PLAIN_DEPTH = 32
+
+
+def plain_size(obj: Mapping[str, Any], limit: int) -> int:
+    """A lower bound of the JSON size of a dict of plain JSON values; -1 if it holds others.
+
+    Plain: exactly str, int, bool, None, finite floats, and dicts, lists and tuples of them:
+    what `dumps_plain` takes. Anything else (a NaN, a datetime, a subclass, deep nesting)
+    gets -1: `size_bound` and `dumps` then. Keys are not counted here (the exact check after
+    serialising still applies to them); `size_bound` counts them. `build_track` has this
+    function's first level inline.
+    """
+    return _plain_deep(obj, limit, 2)
+
+
+def plain_value_size(value: object, limit: int) -> int:
+    """`plain_size` of a value among an event's properties other than a str or a number."""
+    if type(value) is dict:
+        # This level inline too: nested values are mostly small dicts of strings and numbers.
+        size = len(value)
+        for item in value.values():
+            if type(item) is str:
+                size += len(item)
+            elif not (
+                item is True
+                or item is False
+                or item is None
+                or type(item) is int
+                or (type(item) is float and item - item == 0.0)
+            ):
+                if type(item) is dict or type(item) is list or type(item) is tuple:
+                    inner = _plain_deep(item, limit, 4)
+                    if inner < 0:
+                        return -1
+                    size += inner
+                else:
+                    return -1
+        return size
+    if type(value) is list or type(value) is tuple:
+        return _plain_deep(value, limit, 3)
+    return -1
+
+
+def _plain_deep(container: Any, limit: int, depth: int) -> int:
+    """`plain_size` of a dict, list or tuple at `depth` (the event is depth 1)."""
+    size = len(container)
+    if size > limit:  # a long list of numbers: no need to look at them
+        return size
+    if depth > _PLAIN_DEPTH:
+        return -1
+    for value in container.values() if type(container) is dict else container:
+        kind = type(value)
+        if kind is str:
+            size += len(value)
+        elif kind is dict or kind is list or kind is tuple:
+            inner = _plain_deep(value, limit, depth + 1)
+            if inner < 0:
+                return -1
+            size += inner
+            if size > limit:
+                return size
+        elif not (
+            kind is int or kind is bool or value is None or (kind is float and value - value == 0.0)
+        ):
+            return -1
+    return size
+
+
+def size_bound(obj: object, limit: int) -> int:
+    """A lower bound of the JSON size of any value `dumps` takes, counted as `plain_size` does.
+
+    Values serialised through `_default` (datetimes, Decimals, dataclasses, enums, sets) are
+    converted to count them; keys count too. Stops once the count passes `limit` (before
+    looking into a container that takes it past); does not descend past MAX_NESTING_DEPTH
+    (serialising then reports the depth). Only containers and converted values are stacked.
+    """
+    stack: list[tuple[object, int]] = []
+    size = _leaf_size(obj, 0, stack)
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping):
+            size += len(value)
+            if size > limit:
+                break
+            if depth > MAX_NESTING_DEPTH:
+                continue
+            for key, item in value.items():
+                size += len(key) if isinstance(key, str) else 1
+                size += _leaf_size(item, depth, stack)
+        elif isinstance(value, (list, tuple)):
+            size += len(value)
+            if size > limit:
+                break
+            if depth > MAX_NESTING_DEPTH:
+                continue
+            for item in value:
+                size += _leaf_size(item, depth, stack)
+        else:
+            try:
+                converted = _default(value)
+            except (TypeError, ValueError):
+                continue  # not serialisable: `dumps` says so
+            size += _leaf_size(converted, depth - 1, stack)
+        if size > limit:
+            break
+    return size
+
+
+def _leaf_size(value: object, depth: int, stack: list[tuple[object, int]]) -> int:
+    """The size of a string or a number (0: its container counted it); others are stacked."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return len(value)
+    if value is None or isinstance(value, (int, float)):
+        return 0
+    stack.append((value, depth + 1))
+    return 0
 
 
 def loads(data: bytes | str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 import traceback
 
 import anyio
@@ -14,6 +15,7 @@ from ._events import Event
 from ._exceptions import ConfigurationError
 from ._http11 import Http11Transport
 from ._retry import Attempt, Failure, parse_retry_after
+from ._text import escape
 from ._version import __version__
 
 __all__ = ["USER_AGENT", "Sender"]
@@ -40,7 +42,7 @@ class Sender:
     ) -> None:
         self._transport = transport
         self._url = url
-        self._secret = write_key
+        self._secret = _secret_pattern(write_key)
         self._timeout = timeout
         self._headers = [
             (b"Accept", b"application/json"),
@@ -122,9 +124,8 @@ class Sender:
             return Attempt(failure=Failure.BUG, reason=self._scrub(f"{type(exc).__name__}: {exc}"))
         if 200 <= status < 300:
             return Attempt(status=status)
-        text = self._scrub(
-            body[:MAX_ERROR_BODY_BYTES].decode("utf-8", "replace")[:ERROR_BODY_PREVIEW_CHARS]
-        )
+        # Scrubbed whole, then cut: a key straddling the cut must not leave a piece behind.
+        text = self._scrub(body[:MAX_ERROR_BODY_BYTES].decode("utf-8", "replace"))
         return Attempt(
             status=status,
             body=text,
@@ -133,8 +134,34 @@ class Sender:
         )
 
     def _scrub(self, text: str) -> str:
-        """Errors must never carry the write key, even when a server or proxy echoes it."""
-        return text.replace(self._secret, "***") if self._secret in text else text
+        """Errors must never carry the write key, even when a server or proxy echoes it.
+
+        The key is taken out of the whole text, in any of the forms an echo may take (as
+        is, JSON-escaped, percent-encoded); what is left is cut to a preview and escaped,
+        since it ends up in log lines (DeliveryError's text).
+        """
+        text = self._secret.sub("***", text)
+        if len(text) > ERROR_BODY_PREVIEW_CHARS:
+            text = f"{text[:ERROR_BODY_PREVIEW_CHARS]}..."
+        return escape(text)
+
+
+def _secret_pattern(secret: str) -> re.Pattern[str]:
+    """A pattern that finds `secret` as is, JSON-escaped or percent-encoded, in any mix.
+
+    JSON may write any character as \\uXXXX and a slash as \\/ (with more backslashes when
+    JSON is nested in JSON); a URL or a form body writes it as %XX. Hex digits in either
+    case; the match ignores case altogether (a few more characters redacted is harmless).
+    """
+    forms = []
+    for char in secret:
+        code = ord(char)
+        # One backslash or more: JSON inside JSON doubles them.
+        alternatives = [re.escape(char), rf"\\+u{code:04x}", rf"%{code:02x}"]
+        if char == "/":
+            alternatives.append(r"\\+/")
+        forms.append(f"(?:{'|'.join(alternatives)})")
+    return re.compile("".join(forms), re.IGNORECASE)
 
 
 def _reason(status: int) -> str:
