@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import _json
 from ._ordering import ordering_keys
+from ._text import quote
 
 if TYPE_CHECKING:
     import anyio
@@ -132,7 +133,7 @@ class Event:
         return result
 
     def __repr__(self) -> str:
-        return f"<Event {self._name!r} message_id={self.message_id!r} size={self.size}>"
+        return f"<Event {quote(self._name)} message_id={self.message_id!r} size={self.size}>"
 
 
 class Waiter:
@@ -205,6 +206,3 @@ class Entry(Event):
             self.deadline = now + max_retry_time
         self._attempts += 1
         return self._attempts > 1
-
-    def __repr__(self) -> str:
-        return f"<Event {self._name!r} message_id={self.message_id!r} size={self.size}>"

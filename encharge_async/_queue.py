@@ -17,6 +17,7 @@ from ._constants import QUEUE_PRUNE_SLACK
 from ._events import DROPPED, IN_FLIGHT, QUEUED, Entry
 from ._exceptions import QueueFullError
 from ._ordering import Lanes
+from ._text import quote
 from ._types import DropReason, Overflow
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ class DeliveryQueue:
         self._ledger.record_dropped(entry, DropReason.QUEUE_FULL)
         if entry.waiter is not None:
             raise QueueFullError(
-                f"the queue is full; event {entry.name!r} (message id {entry.message_id}) "
+                f"the queue is full; event {quote(entry.name)} (message id {entry.message_id}) "
                 "was dropped"
             )
         return False
