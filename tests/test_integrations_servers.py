@@ -187,3 +187,19 @@ async def test_flask_app_under_gunicorn_preload_with_two_workers(tmp_path: Path)
             assert person.events == ("Upgraded",)
         booted = [line for line in server.output if "Booting worker" in line]
         assert len(booted) == 2, server.log()
+
+
+@pytest.mark.slow
+async def test_a_wrong_key_is_visible_under_uvicorns_default_logging(tmp_path: Path) -> None:
+    """uvicorn configures only its own loggers: the library's ERROR about a refused write
+    key still reaches the server's output, once, however many events fail."""
+    async with Emulator(write_key="another-key") as emulator:  # refuses KEY: 401
+        args = [sys.executable, "-m", "uvicorn", "fastapi_app:app"]
+        args += ["--host", "127.0.0.1", "--port", "0"]
+        async with serve(args, emulator, r"Uvicorn running on (http://\S+)", tmp_path) as server:
+            await post_all(server.url, signup_paths(5))
+            # uvicorn re-raises the signal once it has shut down gracefully.
+            assert await server.terminate() in (0, -signal.SIGTERM), server.log()
+        refused = [line for line in server.output if "refused the write key" in line]
+        assert len(refused) == 1, server.log()
+        assert KEY not in "\n".join(server.output)  # the key itself is never shown
