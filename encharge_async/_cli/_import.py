@@ -20,7 +20,7 @@ from typing import IO, Any
 import anyio
 
 from .._client import AsyncEncharge
-from .._constants import CLI_MAX_LINE_BYTES
+from .._constants import CLI_MAX_LINE_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_SHUTDOWN_TIMEOUT
 from .._events import Event
 from .._exceptions import DeliveryError, QueueFullError, ValidationError
 from .._types import DropReason
@@ -107,16 +107,16 @@ def add_import_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--max-retries",
         type=int_at_least(0),
-        default=10,
+        default=DEFAULT_MAX_RETRIES,
         metavar="N",
-        help="per event (default: 10)",
+        help=f"per event (default: {DEFAULT_MAX_RETRIES})",
     )
     parser.add_argument(
         "--shutdown-timeout",
         type=seconds(allow_zero=True),
-        default=10.0,
+        default=DEFAULT_SHUTDOWN_TIMEOUT,
         metavar="SECONDS",
-        help="to finish in-flight events after Ctrl-C (default: 10)",
+        help=f"to finish in-flight events after Ctrl-C (default: {DEFAULT_SHUTDOWN_TIMEOUT:g})",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     add_client_options(parser)

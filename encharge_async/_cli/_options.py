@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .._constants import DEFAULT_MAX_CONCURRENCY, ENDPOINT_ENV, WRITE_KEY_ENV
+from .._constants import DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT, ENDPOINT_ENV, WRITE_KEY_ENV
 from .._exceptions import ConfigurationError
 from ._text import one_line, shorten
 
@@ -133,9 +133,9 @@ def add_client_options(parser: argparse.ArgumentParser, *, concurrency: bool = T
     group.add_argument(
         "--timeout",
         type=seconds(allow_zero=False),
-        default=10.0,
+        default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help="per request (default: 10)",
+        help=f"per request (default: {DEFAULT_TIMEOUT:g})",
     )
     if concurrency:
         group.add_argument(
