@@ -17,14 +17,20 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, Final, Generic, Protocol, TypeVar
 
-__all__ = ["Lanes", "Ordered", "lanes_of", "ordering_keys", "ordering_lanes", "person_lanes"]
+__all__ = [
+    "LANE_MASK",
+    "Lanes",
+    "Ordered",
+    "lanes_of",
+    "ordering_keys",
+    "ordering_lanes",
+    "person_lanes",
+]
 
-_LANE_MASK: Final = (1 << 30) - 1
-# A lane is the hash of a key's identifier, mixed with its tag (u, e, o): no string needs
-# building on the caller's line for the usual person.
-_TAG_SALT: Final = {"u": 0x15A3C9, "e": 0x2B7E15, "o": 0x3F1D2B}
-_USER_SALT: Final = _TAG_SALT["u"]
-_EMAIL_SALT: Final = _TAG_SALT["e"]
+# A lane is named by 30 bits of its identifier's hash, without the key's tag: a userId
+# spelled like someone's email (or an object's id) shares their lane, which only orders
+# those events with each other, and no tagged string is built on the caller's line.
+LANE_MASK: Final = (1 << 30) - 1
 
 
 def ordering_keys(wire: Mapping[str, Any]) -> tuple[str, ...]:
@@ -57,7 +63,7 @@ def _person_keys(keys: list[str], user_id: object, email: object) -> None:
 
 def lanes_of(keys: tuple[str, ...]) -> tuple[int, ...]:
     """The lanes of ordering keys: a small int per key instead of a 60-80 byte string."""
-    return tuple(dict.fromkeys([(hash(key[2:]) ^ _TAG_SALT[key[0]]) & _LANE_MASK for key in keys]))
+    return tuple(dict.fromkeys([hash(key[2:]) & LANE_MASK for key in keys]))
 
 
 def ordering_lanes(wire: Mapping[str, Any]) -> tuple[int, ...]:
@@ -76,15 +82,13 @@ def person_lanes(user_id: object, email: object) -> tuple[int, ...]:
     """The lanes of a person's `u:` and `e:` keys, from the identifiers themselves (the
     caller's line uses it directly for the usual call)."""
     if user_id is not None:
-        lane = (
-            hash(user_id if user_id.__class__ is str else f"{user_id}") ^ _USER_SALT
-        ) & _LANE_MASK
+        lane = hash(user_id if user_id.__class__ is str else f"{user_id}") & LANE_MASK
         if email.__class__ is str:
-            email_lane = (hash(email.lower()) ^ _EMAIL_SALT) & _LANE_MASK
+            email_lane = hash(email.lower()) & LANE_MASK
             return (lane, email_lane) if email_lane != lane else (lane,)
         return (lane,)
     if email.__class__ is str:
-        return ((hash(email.lower()) ^ _EMAIL_SALT) & _LANE_MASK,)
+        return (hash(email.lower()) & LANE_MASK,)
     return ()
 
 
