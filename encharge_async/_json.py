@@ -20,11 +20,11 @@ from ._constants import MAX_NESTING_DEPTH
 from ._exceptions import ValidationError
 
 __all__ = [
+    "container_size",
     "dumps",
     "dumps_plain",
     "loads",
     "plain_size",
-    "plain_value_size",
     "size_bound",
     "use_orjson",
 ]
@@ -88,6 +88,12 @@ def _stdlib_only(obj: Mapping[str, Any]) -> bytes:
         raise ValidationError(
             f"event is nested too deeply to serialise (more than {MAX_NESTING_DEPTH} levels)"
         )
+    return _stdlib_plain(obj)
+
+
+def _stdlib_plain(obj: Mapping[str, Any]) -> bytes:
+    # Without the depth walk: `plain_size` accepted the event, so it nests at most
+    # _PLAIN_DEPTH levels.
     try:
         return _stdlib_dumps(obj)
     except RecursionError:  # a reference cycle through a converted value
@@ -126,13 +132,13 @@ if orjson is not None:
         try:
             data: bytes = _orjson_dumps(obj)
         except TypeError:  # ints over 64 bits, non-string keys, lone surrogates
-            return _stdlib_only(obj)
+            return _stdlib_plain(obj)
         return b"%b" % data
 
     dumps = _fast
     dumps_plain = _fast_plain
 else:  # pragma: no cover
-    dumps = dumps_plain = _stdlib_only
+    dumps, dumps_plain = _stdlib_only, _stdlib_plain
 
 
 def use_orjson(enabled: bool) -> None:
@@ -141,7 +147,7 @@ def use_orjson(enabled: bool) -> None:
     if enabled and orjson is not None:
         dumps, dumps_plain = _fast, _fast_plain
     else:
-        dumps = dumps_plain = _stdlib_only
+        dumps, dumps_plain = _stdlib_only, _stdlib_plain
 
 
 # -- Sizes before serialising ------------------------------------------------------------------
@@ -168,32 +174,9 @@ def plain_size(obj: Mapping[str, Any], limit: int) -> int:
     return _plain_deep(obj, limit, 2)
 
 
-def plain_value_size(value: object, limit: int) -> int:
-    """`plain_size` of a value among an event's properties other than a str or a number."""
-    if type(value) is dict:
-        # This level inline too: nested values are mostly small dicts of strings and numbers.
-        size = len(value)
-        for item in value.values():
-            if type(item) is str:
-                size += len(item)
-            elif not (
-                item is True
-                or item is False
-                or item is None
-                or type(item) is int
-                or (type(item) is float and item - item == 0.0)
-            ):
-                if type(item) is dict or type(item) is list or type(item) is tuple:
-                    inner = _plain_deep(item, limit, 4)
-                    if inner < 0:
-                        return -1
-                    size += inner
-                else:
-                    return -1
-        return size
-    if type(value) is list or type(value) is tuple:
-        return _plain_deep(value, limit, 3)
-    return -1
+def container_size(value: dict[str, Any] | list[Any] | tuple[Any, ...], limit: int) -> int:
+    """`plain_size` of a dict, list or tuple among an event's properties."""
+    return _plain_deep(value, limit, 3)
 
 
 def _plain_deep(container: Any, limit: int, depth: int) -> int:
