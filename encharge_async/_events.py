@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import uuid
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _json
@@ -97,10 +98,16 @@ class Event:
         """The event name (`"identify"` for identify, `"alias"` / `"group"` for those)."""
         return self._name
 
-    @property
-    def body(self) -> bytes:
-        """The JSON body sent to Encharge."""
-        return self._body
+    if TYPE_CHECKING:
+
+        @property
+        def body(self) -> bytes:
+            """The JSON body sent to Encharge."""
+            return self._body
+
+    else:
+        # A C-level getter: the pipeline reads it several times per event (docs/performance.md).
+        body = property(attrgetter("_body"), doc="The JSON body sent to Encharge.")
 
     @property
     def size(self) -> int:
