@@ -19,6 +19,7 @@ import httpx
 
 from . import _config
 from ._background import BackgroundLoop, LoopState
+from ._client import AsyncEncharge
 from ._config import Config
 from ._constants import (
     DEFAULT_BLOCK_TIMEOUT,
@@ -213,7 +214,8 @@ class Encharge:
                 or the background thread could not start.
         """
         return self._call(
-            "track",
+            AsyncEncharge.track_nowait,
+            AsyncEncharge.track,
             (name,),
             {
                 "email": email,
@@ -242,7 +244,8 @@ class Encharge:
         Blocks and raises like `track`.
         """
         return self._call(
-            "identify",
+            AsyncEncharge.identify_nowait,
+            AsyncEncharge.identify,
             (),
             {"email": email, "user_id": user_id, "user": user, "message_id": message_id},
             wait,
@@ -265,7 +268,8 @@ class Encharge:
         Blocks and raises like `track`.
         """
         return self._call(
-            "alias",
+            AsyncEncharge.alias_nowait,
+            AsyncEncharge.alias,
             (),
             {
                 "previous_email": previous_email,
@@ -295,7 +299,8 @@ class Encharge:
         Blocks and raises like `track`.
         """
         return self._call(
-            "group",
+            AsyncEncharge.group_nowait,
+            AsyncEncharge.group,
             (object_type, properties),
             {"email": email, "user_id": user_id, "user": user, "message_id": message_id},
             wait,
@@ -350,26 +355,27 @@ class Encharge:
 
     def _call(
         self,
-        method: str,
+        nowait: Callable[..., str],
+        method: Callable[..., Coroutine[Any, Any, str]],
         args: tuple[Any, ...],
         keywords: dict[str, Any],
         wait: bool,
         timeout: float | None,
     ) -> str:
-        """Every event method: hand the event over (`<method>_nowait` validates it in this
-        thread), or run the async method on the client's loop when the call must block."""
+        """Every event method: hand the event over (`nowait`, the async client's
+        `<method>_nowait`, validates it in this thread), or run the async `method` on the
+        client's loop when the call must block."""
         background = self._background
         if self._config.disabled:  # validated in this thread; no thread, nothing sent
             if background.state is not LoopState.NEW:
                 raise ClientClosedError(f"the client is {background.state.value}; create a new one")
-            submit_disabled: Callable[..., str] = getattr(background.client, f"{method}_nowait")
-            return submit_disabled(*args, **keywords)
+            return nowait(background.client, *args, **keywords)
         if self._hands_over(wait):
-            submit: Callable[..., str] = getattr(background.client, f"{method}_nowait")
-            return submit(*args, **keywords)
-        call: Callable[..., Coroutine[Any, Any, str]] = getattr(background.client, method)
+            return nowait(background.client, *args, **keywords)
         return self._block(
-            partial(call, *args, **keywords, wait=wait, timeout=timeout), wait, timeout
+            partial(method, background.client, *args, **keywords, wait=wait, timeout=timeout),
+            wait,
+            timeout,
         )
 
     def _hands_over(self, wait: bool) -> bool:
