@@ -2,26 +2,22 @@
 
 Calls validate and serialise the event on the caller's line (`_builders`), hand it to the
 pipeline's intake and return; everything else (queue, workers, retries, spool, outcomes)
-is the pipeline's (`_pipeline`). This class holds the configuration and the client's
-lifecycle: unopened -> open -> closing -> closed.
+is the pipeline's (`_pipeline`); whether the client is unopened, open, closing or closed,
+and what that allows, is its `Lifecycle`'s (`_lifecycle`). This class holds the
+configuration and the public signatures, and delegates.
 """
 
 from __future__ import annotations
 
-import enum
-import logging
 import os
 import ssl
 import warnings
-import weakref
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-import anyio
 import httpx
 
-from . import _config
 from ._builders import build_alias, build_group, build_identify, build_track
 from ._config import Config
 from ._constants import (
@@ -38,12 +34,10 @@ from ._constants import (
     DEFAULT_SPOOL_MAX_BYTES,
     DEFAULT_SPOOL_MODE,
     DEFAULT_TIMEOUT,
-    TRANSPORT_CLOSE_TIMEOUT,
 )
-from ._events import Entry, Event
-from ._exceptions import ClientClosedError, EventLoopError
+from ._events import Event
+from ._lifecycle import Lifecycle
 from ._pipeline import Pipeline
-from ._runtime import LoopBinding, bind_current_loop
 from ._shaping import EventShaper
 from ._spool import Spool
 from ._stats import FlushResult, Stats
@@ -57,19 +51,7 @@ from ._types import (
     SpoolMode,
 )
 
-__all__ = ["AsyncEncharge", "ClientState"]
-
-logger = logging.getLogger("encharge_async")
-
-
-class ClientState(enum.Enum):
-    UNOPENED = "unopened"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-_live_clients: weakref.WeakSet[AsyncEncharge] = weakref.WeakSet()
+__all__ = ["AsyncEncharge"]
 
 
 class AsyncEncharge:
@@ -158,34 +140,19 @@ class AsyncEncharge:
     def _configure(self, config: Config) -> None:
         self._config = config
         self._max_event_bytes = config.max_event_bytes
-        # Whether track() etc. may queue and return without awaiting anything.
-        self._never_blocks = config.disabled or (
-            config.overflow != "block" and not config.spool_always
-        )
-        shaper = (
-            EventShaper(
-                max_bytes=config.max_event_bytes,
-                before_send=config.before_send,
-                default_properties=config.default_properties,
-            )
-            if config.before_send is not None or config.default_properties is not None
-            else None
-        )
+        self._never_blocks = config.never_blocks
+        shaper = EventShaper.for_config(config)
         # The builders, or the shaper's (the same signatures): no cost without shaping.
         self._build_track = build_track if shaper is None else shaper.track
         self._build_identify = build_identify if shaper is None else shaper.identify
         self._build_alias = build_alias if shaper is None else shaper.alias
         self._build_group = build_group if shaper is None else shaper.group
-        self._state = ClientState.UNOPENED
-        self._close_result: FlushResult | None = None
-        self._closed: anyio.Event | None = None
-        self._reset()
-        _live_clients.add(self)
+        self._lifecycle = Lifecycle(config, self._attach)
 
-    def _reset(self) -> None:
-        """A fresh pipeline (at construction, and in a forked child)."""
-        self._pipeline = Pipeline(self._config, self._enter)
-        self._intake = self._pipeline.intake
+    def _attach(self, pipeline: Pipeline) -> None:
+        """The lifecycle's pipeline (a fresh one in a forked child), and its hot-path door."""
+        self._pipeline = pipeline
+        self._intake = pipeline.intake
 
     # -- public API ------------------------------------------------------------------------
 
@@ -199,16 +166,7 @@ class AsyncEncharge:
                 `SSL_CERT_FILE` or `SSL_CERT_DIR` cannot be loaded).
             SpoolError: the spool cannot be used (SpoolLockedError: another process has it).
         """
-        if self._config.disabled:  # nothing to start
-            if self._state is not ClientState.UNOPENED:
-                raise ClientClosedError(f"the client is {self._state.value}; create a new one")
-            await anyio.lowlevel.checkpoint()
-            return self
-        self._enter()
-        error = await self._pipeline.open()
-        if error is not None:
-            await self.aclose()
-            raise error
+        await self._lifecycle.open()
         return self
 
     async def __aexit__(
@@ -220,9 +178,9 @@ class AsyncEncharge:
         await self.aclose()
 
     def __repr__(self) -> str:
-        stats = self._pipeline.stats()
+        stats, state = self._pipeline.stats(), self._lifecycle.state.value
         return (
-            f"<AsyncEncharge endpoint={str(self._config.url)!r} state={self._state.value} "
+            f"<AsyncEncharge endpoint={str(self._config.url)!r} state={state} "
             f"queued={stats.queued} in_flight={stats.in_flight}>"
         )
 
@@ -272,7 +230,7 @@ class AsyncEncharge:
         if not wait and self._never_blocks:
             self._intake.put_nowait(event)  # the common case, without a second coroutine
             return event.message_id
-        return await self._submit(event, wait, timeout)
+        return await self._lifecycle.submit(event, wait, timeout)
 
     async def identify(
         self,
@@ -298,7 +256,7 @@ class AsyncEncharge:
         if not wait and self._never_blocks:
             self._intake.put_nowait(event)  # the common case, without a second coroutine
             return event.message_id
-        return await self._submit(event, wait, timeout)
+        return await self._lifecycle.submit(event, wait, timeout)
 
     async def alias(
         self,
@@ -327,7 +285,7 @@ class AsyncEncharge:
         if not wait and self._never_blocks:
             self._intake.put_nowait(event)  # the common case, without a second coroutine
             return event.message_id
-        return await self._submit(event, wait, timeout)
+        return await self._lifecycle.submit(event, wait, timeout)
 
     async def group(
         self,
@@ -359,7 +317,7 @@ class AsyncEncharge:
         if not wait and self._never_blocks:
             self._intake.put_nowait(event)  # the common case, without a second coroutine
             return event.message_id
-        return await self._submit(event, wait, timeout)
+        return await self._lifecycle.submit(event, wait, timeout)
 
     def track_nowait(
         self,
@@ -461,15 +419,7 @@ class AsyncEncharge:
         Raises:
             EventLoopError: called from an event loop other than the client's.
         """
-        if self._state is ClientState.UNOPENED or self._state is ClientState.CLOSED:
-            await anyio.lowlevel.checkpoint()
-            return FlushResult()
-        self._check_loop()
-        bound = self._config.shutdown_timeout if timeout is None else timeout
-        result = await self._pipeline.flush(bound)
-        if result == FlushResult():
-            await anyio.lowlevel.checkpoint()  # like every async call: a chance to switch
-        return result
+        return await self._lifecycle.flush(timeout)
 
     async def aclose(self, timeout: float | None = None) -> FlushResult:
         """Stop accepting events, deliver what is queued within `timeout`, close.
@@ -484,100 +434,7 @@ class AsyncEncharge:
         Raises:
             EventLoopError: called from an event loop other than the client's.
         """
-        bound = (
-            self._config.shutdown_timeout
-            if timeout is None
-            else _config.check_seconds("timeout", timeout, allow_zero=True)
-        )
-        if self._state is ClientState.CLOSED:
-            return self._close_result or FlushResult()
-        if self._state is ClientState.UNOPENED:
-            self._state = ClientState.CLOSED
-            self._intake.close()
-            self._close_result = FlushResult()
-            await self._pipeline.dispatcher.aclose()  # the user's transport, if any
-            return self._close_result
-        if self._state is ClientState.OPEN and self._pipeline.ended:
-            # Its event loop ended under it (the runner delivered what it could on the way
-            # out and reported the rest): there is nothing left to close but the state.
-            self._state = ClientState.CLOSED
-            self._close_result = FlushResult()
-            await self._pipeline.dispatcher.aclose()  # connections a failed runner left
-            return self._close_result
-        self._check_loop()
-        assert self._closed is not None
-        if self._state is ClientState.CLOSING:
-            # Another task is closing; wait for it within the same bound.
-            with anyio.move_on_after(bound + 2 * TRANSPORT_CLOSE_TIMEOUT):
-                await self._closed.wait()
-            return self._close_result or FlushResult()
-        self._state = ClientState.CLOSING
-        pipeline = self._pipeline
-        pipeline.begin_closing(bound)
-        # Nothing new is accepted from here on: the counters' growth is what closing did,
-        # which stays right even if this call is cancelled half-way.
-        before = pipeline.stats()
-        try:
-            await pipeline.flush(bound)
-        finally:
-            with anyio.CancelScope(shield=True):
-                held = await pipeline.stop(bound)
-                after = pipeline.stats()
-                result = self._close_result = FlushResult(
-                    delivered=after.delivered - before.delivered,
-                    failed=after.failed - before.failed,
-                    dropped=after.dropped - before.dropped,
-                    pending=0,
-                    spooled=held,
-                )
-                self._state = ClientState.CLOSED
-                self._closed.set()
-        logger.debug("client closed: %s", result)
-        return result
-
-    # -- internals -------------------------------------------------------------------------
-
-    async def _submit(self, entry: Entry, wait: bool, timeout: float | None) -> str:
-        if self._config.disabled:  # validated; there is nothing to wait for
-            self._intake.put_nowait(entry)
-            await anyio.lowlevel.checkpoint()
-            return entry.message_id
-        # Waiting needs the client's own loop; only a plain hand-off crosses loops.
-        self._enter()
-        return await self._pipeline.submit(entry, wait, timeout)
-
-    def _enter(self) -> LoopBinding:
-        """Start on the running loop, or check that we are on the one we started on."""
-        if self._state is ClientState.UNOPENED:
-            binding = bind_current_loop()
-            self._closed = anyio.Event()
-            self._state = ClientState.OPEN
-            self._pipeline.start(binding)
-            return binding
-        if self._state is not ClientState.OPEN:
-            raise ClientClosedError(f"the client is {self._state.value}; create a new one")
-        failure = self._pipeline.failure
-        if failure is not None:
-            raise ClientClosedError(
-                f"the client stopped delivering events ({failure}); create a new one"[:500]
-            ) from failure
-        return self._check_loop()
-
-    def _check_loop(self) -> LoopBinding:
-        binding = self._pipeline.binding
-        assert binding is not None
-        current = binding.current()
-        if current is None and not self._intake.accepting and self._state is ClientState.OPEN:
-            raise EventLoopError(
-                "the event loop this client runs on has stopped; create a new client"
-            )
-        if current is not binding.token:
-            raise EventLoopError(
-                "this AsyncEncharge runs on another event loop (it was started there); use one "
-                "client per event loop, for instance one per process created in the app's "
-                "lifespan"
-            )
-        return binding
+        return await self._lifecycle.aclose(timeout)
 
     def _add_delivery_listener(
         self, listener: Callable[[Event, float], None]
@@ -588,7 +445,7 @@ class AsyncEncharge:
 
     def __del__(self) -> None:
         # As aiohttp does for sessions: a client collected while open had no clean close.
-        if getattr(self, "_state", None) in (ClientState.OPEN, ClientState.CLOSING):
+        if "_lifecycle" in self.__dict__ and self._lifecycle.unclosed:
             warnings.warn(
                 f"unclosed {self!r}: close it with `async with AsyncEncharge(...)` or "
                 "`await client.aclose()` in the app's shutdown",
@@ -596,19 +453,3 @@ class AsyncEncharge:
                 source=self,
                 stacklevel=1,
             )
-
-    def _after_fork_in_child(self) -> None:  # pragma: no cover - runs in forked children
-        # The parent's loop, sockets and queue are not ours: start clean, lazily.
-        if self._state is ClientState.CLOSED:
-            return
-        self._state = ClientState.UNOPENED
-        self._reset()
-
-
-def _reset_clients_after_fork() -> None:  # pragma: no cover - runs in forked children
-    for client in list(_live_clients):
-        client._after_fork_in_child()  # noqa: SLF001 - this module's own fork hook
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch - absent only on Windows
-    os.register_at_fork(after_in_child=_reset_clients_after_fork)

@@ -376,6 +376,11 @@ class Config:
         return self.spool is not None and self.spool_mode == "always"
 
     @property
+    def never_blocks(self) -> bool:
+        """Whether `track()` etc. may queue and return without awaiting anything."""
+        return self.disabled or (self.overflow != "block" and not self.spool_always)
+
+    @property
     def wait_bound(self) -> float:
         """How long a `wait=True` call made without a timeout waits for its outcome."""
         return self.max_retry_time + self.timeout + self.shutdown_timeout

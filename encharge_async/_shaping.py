@@ -9,12 +9,15 @@ returns is validated like any event, by the same builders.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._builders import build_alias, build_group, build_identify, build_track, describe
 from ._events import FILTERED, Entry
 from ._exceptions import ValidationError
 from ._types import BeforeSend
+
+if TYPE_CHECKING:
+    from ._config import Config
 
 __all__ = ["EventShaper"]
 
@@ -42,6 +45,17 @@ class EventShaper:
         self._max_bytes = max_bytes
         self._before_send = before_send
         self._defaults = dict(default_properties) if default_properties else None
+
+    @classmethod
+    def for_config(cls, config: Config) -> EventShaper | None:
+        """The shaper of a client's options; None without shaping (the builders do)."""
+        if config.before_send is None and config.default_properties is None:
+            return None
+        return cls(
+            max_bytes=config.max_event_bytes,
+            before_send=config.before_send,
+            default_properties=config.default_properties,
+        )
 
     def track(
         self,
