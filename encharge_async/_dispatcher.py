@@ -32,6 +32,7 @@ from ._ledger import Ledger
 from ._limiter import ConcurrencyLimiter, Signal
 from ._queue import DeliveryQueue
 from ._retry import Attempt, Failure, GiveUp, RetryPolicy
+from ._runtime import LoopBinding
 from ._scheduler import Scheduler
 from ._sender import Sender
 
@@ -92,6 +93,7 @@ class Dispatcher:
         self._proxy: httpx.URL | None = None
         self._prepared = False
         self._backend = "asyncio"
+        self._clock: Callable[[], float] = anyio.current_time
         # Set by the spool bridge: is there somewhere to keep events that keep failing, and
         # the endpoint's health (it spills to disk during an outage).
         self.keep_trying: Callable[[], bool] = _never
@@ -103,15 +105,17 @@ class Dispatcher:
         """The transports the workers send through (the user's one, or one per worker)."""
         return tuple(self._transports)
 
-    async def prepare(self, backend: str) -> None:
-        """Get ready to send on `backend`: the TLS context and the proxy (once).
+    async def prepare(self, binding: LoopBinding) -> None:
+        """Get ready to send on the bound loop: its clock, the TLS context and the proxy
+        (once).
 
         Raises:
             ConfigurationError: the CA bundle cannot be loaded.
         """
         if self._prepared:
             return
-        self._backend = backend
+        self._backend = binding.backend
+        self._clock = binding.clock
         config = self._config
         if config.transport is None:
             self._ssl_context = await _load_tls_context(config.verify)
@@ -197,18 +201,19 @@ class Dispatcher:
             queue.release(entry)
             return _NOTHING
         scheduler = self._scheduler
-        if scheduler.paused(anyio.current_time()):
+        clock = self._clock
+        if scheduler.paused(clock()):
             await scheduler.wait_out_pause()
             if entry.state == DROPPED:
                 queue.release(entry)
                 return _NOTHING
         queue.start(entry)
-        started = anyio.current_time()
+        started = clock()
         if entry.begin_attempt(started, self._policy.max_retry_time):
             self._ledger.record_retry()
         attempt = await sender.send(entry)
         queue.landed(entry)
-        now = anyio.current_time()
+        now = clock()
         if attempt.delivered:
             self._ledger.attempt_succeeded()
             self.on_success(now)

@@ -150,10 +150,11 @@ class ConcurrencyLimiter:
 
     def _end_round(self, now: float) -> None:
         average = self._round_sum / self._round_samples
-        if average > self.min_latency * self._tolerance + self._slack:
+        if average > min(self._window_min, self._previous_min) * self._tolerance + self._slack:
             self._decrease(now)
             return
-        if 2 * self._round_peak >= self.limit:  # the limit was used: it may grow
+        # At the ceiling (always, at a low max_concurrency) there is nothing to grow.
+        if self._limit < self.ceiling and 2 * self._round_peak >= self.limit:
             limit = self._limit
             if limit < self._threshold:
                 limit = min(2 * limit, max(self._threshold, limit + 1))

@@ -117,7 +117,7 @@ class Pipeline:
         the caller; the error, if the client cannot work."""
         assert self._binding is not None
         try:
-            await self.dispatcher.prepare(self._binding.backend)
+            await self.dispatcher.prepare(self._binding)
         except ConfigurationError as exc:
             return exc
         if self.spooler is None or await self.spooler.open():
@@ -147,7 +147,7 @@ class Pipeline:
         assert self._binding is not None
         try:
             with self._runner_scope:
-                await self.dispatcher.prepare(self._binding.backend)
+                await self.dispatcher.prepare(self._binding)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self.dispatcher.run)
                     tg.start_soon(self.scheduler.run)
