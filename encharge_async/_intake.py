@@ -150,22 +150,22 @@ class Intake:
         # Cleared first: an event handed over from now on schedules another call.
         self._take_scheduled = False
         handed_over = self._handed_over
+        queue = self._queue
+        blocks = self._overflow == "block"
         while handed_over:
             entry = handed_over.popleft()
             if not self.accepting:
-                self._queue.count_accepted(entry)
+                queue.count_accepted(entry)
                 self._ledger.record_dropped(entry, DropReason.SHUTDOWN)
-            elif (
-                self._overflow == "block"
-                and self.divert is None
-                and not self.can_spill()
-                and self._queue.is_full(entry.size)
-            ):
+            elif self.divert is not None:
+                self.divert(entry)
+            elif blocks and not self.can_spill() and queue.is_full(entry.size):
                 # The calling thread has moved on: nobody is left to wait or to raise to.
-                self._queue.count_accepted(entry)
+                queue.count_accepted(entry)
                 self._ledger.record_dropped(entry, DropReason.QUEUE_FULL)
             else:
-                self.put_nowait(entry)  # on the loop now: the same path as a call made here
+                # On the loop now: past the checks of `put_nowait`.
+                queue.put_nowait(entry)
 
     def close(self) -> None:
         self.accepting = False
