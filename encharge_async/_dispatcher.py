@@ -49,10 +49,6 @@ def _never() -> bool:
     return False
 
 
-def _ignore(now: float) -> None:
-    return None
-
-
 async def _load_tls_context(
     verify: bool | str | os.PathLike[str] | ssl.SSLContext,
 ) -> ssl.SSLContext:
@@ -97,8 +93,8 @@ class Dispatcher:
         # Set by the spool bridge: is there somewhere to keep events that keep failing, and
         # the endpoint's health (it spills to disk during an outage).
         self.keep_trying: Callable[[], bool] = _never
-        self.on_failure: Callable[[float], None] = _ignore
-        self.on_success: Callable[[float], None] = _ignore
+        self.on_failure: Callable[[float], None] | None = None
+        self.on_success: Callable[[float], None] | None = None
 
     @property
     def transports(self) -> tuple[httpx.AsyncBaseTransport, ...]:
@@ -215,8 +211,8 @@ class Dispatcher:
         queue.landed(entry)
         now = clock()
         if attempt.delivered:
-            self._ledger.attempt_succeeded()
-            self.on_success(now)
+            if self.on_success is not None:
+                self.on_success(now)
             self._ledger.record_delivered(entry, now)
             queue.release(entry)
             return Signal.OK, started, now
@@ -226,11 +222,10 @@ class Dispatcher:
             attempt.reason = verdict.reason
             self._fail(entry, attempt)
         else:
-            self.on_failure(now)
+            if self.on_failure is not None:
+                self.on_failure(now)
             scheduler.park(entry, verdict, attempt, now)
-        status = attempt.status
-        overloaded = status == 429 or status == 503 or attempt.failure is Failure.TIMEOUT
-        return (Signal.OVERLOAD if overloaded else Signal.NONE), started, now
+        return (Signal.OVERLOAD if attempt.overloaded else Signal.NONE), started, now
 
     def _fail(self, entry: Entry, attempt: Attempt) -> None:
         error = DeliveryError(

@@ -134,6 +134,7 @@ class Ledger:
     # -- outcomes -----------------------------------------------------------------------------
 
     def record_delivered(self, entry: Entry, now: float) -> None:
+        self.failing_since = None  # the endpoint answers
         self._finish(entry, DELIVERED)
         if self.delivery_listeners:
             elapsed = now - entry.first_attempt_at
@@ -249,9 +250,6 @@ class Ledger:
         self.last_error = ErrorInfo(status=status, reason=reason[:200], at=now)
         if self.failing_since is None:
             self.failing_since = now
-
-    def attempt_succeeded(self) -> None:
-        self.failing_since = None
 
     def _call_hook(self, name: str, hook: Any, *args: Any) -> None:
         try:

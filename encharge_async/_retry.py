@@ -58,6 +58,12 @@ class Attempt:
     def delivered(self) -> bool:
         return self.status is not None and 200 <= self.status < 300
 
+    @property
+    def overloaded(self) -> bool:
+        """Whether the answer says the endpoint is overloaded (429, 503, no answer in time):
+        the concurrency limit backs off."""
+        return self.status == 429 or self.status == 503 or self.failure is Failure.TIMEOUT
+
 
 @dataclass(frozen=True, slots=True)
 class Retry:
