@@ -81,16 +81,15 @@ class Event:
     (requests made for it so far).
     """
 
-    __slots__ = ("_attempts", "_body", "_message_id", "_name", "_number")
+    __slots__ = ("_attempts", "_body", "_message_id", "_name")
 
     def __init__(
         self, name: str, body: bytes, message_id: str | None = None, attempts: int = 0
     ) -> None:
         self._name = name
         self._body = body
-        self._message_id = message_id
-        # A generated id is spelled out from this number when asked for, not stored.
-        self._number = 0 if message_id is not None else next_number()
+        # A generated id is kept as its number, spelled out when asked for.
+        self._message_id: str | int = next_number() if message_id is None else message_id
         self._attempts = attempts
 
     @property
@@ -124,9 +123,9 @@ class Event:
     def message_id(self) -> str:
         """The event's unique id, sent as the `Idempotency-Key` header on every attempt."""
         message_id = self._message_id
-        if message_id is None:
-            return f"{_prefix}{self._number}"
-        return message_id
+        if message_id.__class__ is int:
+            return f"{_prefix}{message_id}"
+        return message_id  # type: ignore[return-value]  # a str: mypy does not narrow __class__
 
     @property
     def ordering_keys(self) -> tuple[str, ...]:
@@ -184,8 +183,7 @@ class Entry(Event):
         # Event.__init__, inlined: this runs on the caller's line for every event.
         self._name = name
         self._body = body
-        self._message_id = message_id
-        self._number = 0 if message_id is not None else next_number()
+        self._message_id = next_number() if message_id is None else message_id
         self._attempts = attempts
         self.lanes = lanes
         self.seq = 0
