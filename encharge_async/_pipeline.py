@@ -226,9 +226,9 @@ class Pipeline:
         queue = self.queue
         spooler = self.spooler
         handed_over = self.intake.handed_over
-        leftover = spooler.leftover if spooler is not None else 0
+        unnumbered = spooler.unnumbered if spooler is not None else 0
         return Stats(
-            enqueued=queue.accepted + handed_over + leftover,
+            enqueued=queue.accepted + handed_over + unnumbered,
             delivered=ledger.delivered,
             failed=ledger.failed,
             dropped=ledger.dropped,

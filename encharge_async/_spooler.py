@@ -114,8 +114,10 @@ class Spooler:
         self._loading = False
         self._acked_while_loading: set[str] = set()
         self.open_error: SpoolError | None = None
-        # Events an earlier process left that are not read back yet (flush() waits for them).
+        # Events an earlier process left that are not read back yet (flush() waits for them),
+        # and those that could not be read back (failed).
         self.leftover = 0
+        self.unreadable = 0
 
     # -- called by the pipeline, on its loop ------------------------------------------------
 
@@ -127,6 +129,12 @@ class Spooler:
     @property
     def spilled_count(self) -> int:
         return len(self.spilled)
+
+    @property
+    def unnumbered(self) -> int:
+        """Events an earlier process left that count in `Stats.enqueued` but not in the
+        queue's numbering (it numbers them as they are read back)."""
+        return self.leftover + self.unreadable
 
     @property
     def spooled(self) -> int:
@@ -397,6 +405,7 @@ class Spooler:
             self._ledger.record_unreadable(ours.seq, ours.waiter, ours.message_id)
         elif self.leftover > 0:
             self.leftover -= 1
+            self.unreadable += 1
             self._ledger.record_unreadable()
 
     # -- shutdown -----------------------------------------------------------------------------
