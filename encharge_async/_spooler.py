@@ -10,7 +10,7 @@ While the spool *spills* (any of the first three), new events are appended to it
 feeder task loads them back, oldest first, as the memory queue has room: insertion order is
 the order of arrival, so per-person order holds across memory, disk and restarts. Once on
 disk, a spilled event is remembered by a small stub (its id, place and waiter) and read
-back from the disk into a new entry.
+back from the disk into a new entry, by a `SpoolReader` (`_spool_reader.py`).
 
 A `SpoolWriter` (`_spool_writer.py`) appends and acknowledges in rounds (append first,
 then ack), so an event that is delivered before its append lands is appended and then
@@ -25,7 +25,9 @@ What it holds for the counters (`Stats.spooled`): the events whose only live cop
 spool, so that each event counts in exactly one of `queued`, `in_flight` and `spooled`.
 Those are this client's spilled events (`spilled`), its events kept in the file when the
 spool was given up on or at shutdown (`kept`), and the events an earlier process left that
-are not read back yet (`leftover`; the pipeline counts them in `enqueued` too).
+are not read back yet (`leftover`). The pipeline counts those in `enqueued` too, from the
+opening: this client has taken them over (with the ones that turn out unreadable, which
+count as failed).
 """
 
 from __future__ import annotations
@@ -33,21 +35,16 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import anyio
 
-from ._builders import entry_from_wire
-from ._constants import (
-    SPOOL_CLOSE_TIMEOUT,
-    SPOOL_LOAD_PAGE,
-    SPOOL_MAX_PENDING,
-)
-from ._events import DELIVERED, FAILED, FROM_EARLIER, SPOOLED, Entry, Waiter
-from ._exceptions import DeliveryError, ValidationError
+from ._constants import SPOOL_MAX_PENDING
+from ._events import DELIVERED, FAILED, FROM_EARLIER, SPOOLED, Entry
+from ._exceptions import DeliveryError
 from ._ledger import Ledger
 from ._queue import DeliveryQueue
 from ._spool import Spool, SpooledEvent, SpoolError, SpoolLimits
+from ._spool_reader import OnDisk, SpoolReader, entry_of
 from ._spool_writer import SpoolWriter, close_spool
 from ._types import DropReason
 
@@ -56,18 +53,10 @@ __all__ = ["Spooler"]
 logger = logging.getLogger("encharge_async")
 
 
-@dataclass(slots=True)
-class _OnDisk:
-    """A spilled event whose only copy is on disk: what memory keeps of it."""
-
-    message_id: str
-    seq: int
-    waiter: Waiter | None
-
-
 class Spooler:
-    """Owns the spool of one client: the spilling state, the feeder task (reading events
-    back) and the writer (`SpoolWriter`)."""
+    """Owns the spool of one client: the spilling state and the books of where its events
+    are, the feeder task (reading events back through a `SpoolReader`) and the writer
+    (`SpoolWriter`)."""
 
     def __init__(
         self,
@@ -100,19 +89,17 @@ class Spooler:
         self.writer = SpoolWriter(
             appended=self._after_append, acked=self._after_ack, failed=self._give_up
         )
-        # Ours, on disk (or pending), not in memory; `_OnDisk` once only the disk has it.
-        self.spilled: dict[str, Entry | _OnDisk] = {}
+        # Ours, on disk (or pending), not in memory; `OnDisk` once only the disk has it.
+        self.spilled: dict[str, Entry | OnDisk] = {}
         # Ours, in memory AND on disk (always mode), or finished but not yet acked: the
         # feeder must not load these again.
         self.resident: set[str] = set()
         # Ours, neither in memory nor spilled: left in the file for the next start (the
         # spool was given up on before they were read back, or kept at shutdown).
         self.kept = 0
-        self.cursor: int | None = None
+        self.reader = SpoolReader()
         self._feeder_wakeup = anyio.Event()
         self._opened: anyio.Event | None = None
-        self._loading = False
-        self._acked_while_loading: set[str] = set()
         self.open_error: SpoolError | None = None
         # Events an earlier process left that are not read back yet (flush() waits for them),
         # and those that could not be read back (failed).
@@ -228,7 +215,7 @@ class Spooler:
         for path in self.spool.moved_aside:
             logger.error("an unreadable spool file was moved aside to %s", path)
         for spooled in await self.spool.expire():
-            entry = _entry_of(spooled)
+            entry = entry_of(spooled)
             if entry is not None:
                 self._queue.count_accepted(entry)
                 self._ledger.record_dropped(entry, DropReason.EXPIRED)
@@ -255,8 +242,10 @@ class Spooler:
         self.resident.clear()
         self.writer.stop()
         self._divert_changed()
-        on_disk = {item.message_id: item for item in spilled if isinstance(item, _OnDisk)}
-        read_back = await self._read_back(on_disk) if on_disk else {}
+        on_disk = {item.message_id: item for item in spilled if isinstance(item, OnDisk)}
+        read_back: dict[str, Entry] = {}
+        if on_disk and self.spool is not None:
+            read_back = await self.reader.read_back(self.spool, on_disk)
         for item in spilled:
             entry = item if isinstance(item, Entry) else read_back.get(item.message_id)
             if entry is not None:
@@ -272,34 +261,9 @@ class Spooler:
                 self._describe(),
             )
 
-    async def _read_back(self, on_disk: dict[str, _OnDisk]) -> dict[str, Entry]:
-        found: dict[str, Entry] = {}
-        if self.spool is None:
-            return found
-        after: int | None = None
-        try:
-            with anyio.fail_after(SPOOL_CLOSE_TIMEOUT):
-                while len(found) < len(on_disk):
-                    page = await self.spool.load(limit=SPOOL_LOAD_PAGE, after=after)
-                    if not page:
-                        break
-                    for spooled in page:
-                        after = spooled.seq
-                        stub = on_disk.get(spooled.message_id)
-                        entry = _entry_of(spooled) if stub is not None else None
-                        if stub is not None and entry is not None:
-                            entry.seq, entry.waiter = stub.seq, stub.waiter
-                            found[stub.message_id] = entry
-        except (SpoolError, TimeoutError) as exc:
-            logger.error("reading spilled events back from the spool failed: %s", exc)
-        return found
-
     def _after_ack(self, acks: list[str]) -> None:
-        if self._loading:
-            # A read that started before this ack may still return them: the feeder must
-            # recognise them as ours until it has looked.
-            self._acked_while_loading.update(acks)
-        else:
+        # During a read, the feeder forgets them once it has looked at what it read.
+        if not self.reader.acked_during_read(acks):
             self.resident.difference_update(acks)
 
     def _after_append(self, batch: list[Entry], refused: tuple[SpooledEvent, ...]) -> None:
@@ -314,7 +278,7 @@ class Spooler:
                     self._ledger.record_dropped(entry, DropReason.SPOOL_FULL)
             elif message_id in self.spilled:
                 # On disk now: free the memory, read it back from there.
-                self.spilled[message_id] = _OnDisk(message_id, entry.seq, entry.waiter)
+                self.spilled[message_id] = OnDisk(message_id, entry.seq, entry.waiter)
         self._feeder_wakeup.set()
 
     async def _feeder(self) -> None:
@@ -331,21 +295,15 @@ class Spooler:
                     await self._queue.wait_for_departure()
                 continue
             generation = self.writer.generation
-            self._loading = True
-            try:
-                page = await self.spool.load(limit=min(room, SPOOL_LOAD_PAGE), after=self.cursor)
-            finally:
-                self._loading = False
-            acked, self._acked_while_loading = self._acked_while_loading, set()
+            page, acked = await self.reader.next_page(self.spool, room)
             for spooled in page:
-                self.cursor = spooled.seq
                 if spooled.message_id in self.resident or spooled.message_id in acked:
                     continue
                 known = self.spilled.pop(spooled.message_id, None)
                 if isinstance(known, Entry):
                     entry = known
                 else:
-                    read = _entry_of(spooled)  # left by an earlier process, or spilled
+                    read = entry_of(spooled)  # left by an earlier process, or spilled
                     if read is None:
                         self._forget_unreadable(spooled, known)
                         continue
@@ -392,7 +350,7 @@ class Spooler:
             limit = min(limit, self._outage_in_memory)
         return limit - self._queue.count
 
-    def _forget_unreadable(self, spooled: SpooledEvent, ours: _OnDisk | None) -> None:
+    def _forget_unreadable(self, spooled: SpooledEvent, ours: OnDisk | None) -> None:
         """A stored event that is not a valid event (a damaged or edited file): it fails,
         never sent. `ours`: what memory kept of it, if this process spilled it."""
         logger.error(
@@ -433,7 +391,7 @@ class Spooler:
         held, lost = await self.writer.keep(self.spool, undelivered)
         self.kept -= len(lost)
         lost_ids = {entry.message_id for entry in lost}
-        kept: list[Entry | _OnDisk] = [item for item in spilled if isinstance(item, _OnDisk)]
+        kept: list[Entry | OnDisk] = [item for item in spilled if isinstance(item, OnDisk)]
         kept += [entry for entry in undelivered if entry.message_id not in lost_ids]
         for item in kept:
             if item.waiter is not None:
@@ -449,13 +407,3 @@ class Spooler:
         if self.spool is not None:
             return str(self.spool.path)
         return str(self._target) if not isinstance(self._target, Spool) else repr(self._target)
-
-
-def _entry_of(spooled: SpooledEvent) -> Entry | None:
-    """The entry of a stored event, validated like a new one (None when it is not valid)."""
-    try:
-        return entry_from_wire(
-            spooled.name, spooled.body, spooled.message_id, max(0, spooled.attempts)
-        )
-    except ValidationError:
-        return None

@@ -72,7 +72,7 @@ class PipelineMachine(RuleBasedStateMachine):
         """White-box: the spool's thread is writing or reading (the loop looks idle then)."""
         assert self.client is not None
         spooler = self.client._pipeline.spooler
-        return spooler is not None and (spooler.writer.busy or spooler._loading)
+        return spooler is not None and (spooler.writer.busy or spooler.reader.loading)
 
     async def settle(self) -> None:
         """Run the loop until nothing changes for a few turns (bounded)."""
