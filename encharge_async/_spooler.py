@@ -296,6 +296,8 @@ class Spooler:
                 continue
             generation = self.writer.generation
             page, acked = await self.reader.next_page(self.spool, room)
+            if not self.usable:
+                return  # given up on meanwhile: what was spilled is back in memory
             for spooled in page:
                 if spooled.message_id in self.resident or spooled.message_id in acked:
                     continue
