@@ -88,9 +88,10 @@ class Store:
 
     def __init__(self, database: Database, limits: SpoolLimits, clock: Callable[[], float]) -> None:
         self._db = database
-        self.path = database.path
+        self.path: Path = database.path
         self.limits = limits
-        self.count, self.bytes = database.counted
+        self.count: int = database.counted[0]
+        self.bytes: int = database.counted[1]
         self.refused = 0
         self.expired = 0
         self.duplicates = 0
