@@ -130,7 +130,8 @@ class PipelineMachine(RuleBasedStateMachine):
             )
         self.run(self.open_client())
 
-    async def open_client(self) -> None:
+    async def open_client(self, carried: int = 0) -> None:
+        """A new client; `carried`: the events the last one kept in the spool."""
         self.base = (len(self.calls), len(self.delivered), len(self.errors), len(self.drops))
         self.client = AsyncEncharge(
             WRITE_KEY,
@@ -142,8 +143,9 @@ class PipelineMachine(RuleBasedStateMachine):
             **self.options,
         )
         await self.client.__aenter__()
-        # What an earlier client kept in the spool: this one's from the start.
-        self.resumed = self.client.stats.spooled
+        # What the earlier client kept in the spool: this one's from the opening on.
+        self.resumed = carried
+        assert self.client.stats.enqueued == carried, self.client.stats
         await self.settle()
 
     # -- rules ------------------------------------------------------------------------------
@@ -228,7 +230,7 @@ class PipelineMachine(RuleBasedStateMachine):
             assert (stats.queued, stats.in_flight) == (0, 0), stats
             assert stats.spooled == result.spooled, (stats, result)  # ours and any leftover
             self.counters_add_up_and_match_the_hooks()
-            await self.open_client()
+            await self.open_client(result.spooled)
 
         self.run(restart())
 
