@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from ._constants import DROP_WARNING_INTERVAL
-from ._events import DELIVERED, DROPPED, FAILED, FROM_EARLIER, Entry, Event
+from ._events import DELIVERED, DROPPED, FAILED, FROM_EARLIER, Entry, Event, Waiter
 from ._exceptions import DeliveryError
 from ._stats import ErrorInfo, FlushResult
 from ._types import DropReason, OnDelivered, OnDrop, OnError
@@ -230,13 +230,23 @@ class Ledger:
 
     # -- reporting ----------------------------------------------------------------------------
 
-    def earlier_unreadable(self) -> None:
-        """An event an earlier process left could not be read back (a damaged row): flush()
-        calls waiting for it count it as failed rather than wait for it."""
-        for waiter in self._flush_waiters:
-            if waiter.earlier > 0:
-                waiter.earlier -= 1
-                waiter.record(FAILED)
+    def record_unreadable(
+        self, seq: int = 0, waiter: Waiter | None = None, message_id: str = ""
+    ) -> None:
+        """A spooled event could not be read back (a damaged or edited row): counted as
+        failed, never sent. `seq`, `waiter`, `message_id`: those of this process's event;
+        none for one an earlier process left (flush() calls waiting for it count it).
+        There is no event to hand `on_error`; the spooler logs it."""
+        self.failed += 1
+        if waiter is not None:
+            waiter.error = DeliveryError("unreadable in the spool", message_id=message_id)
+            waiter.done.set()
+        for flush in self._flush_waiters:
+            if seq and seq <= flush.target:
+                flush.record(FAILED)
+            elif not seq and flush.earlier > 0:
+                flush.earlier -= 1
+                flush.record(FAILED)
 
     def report_pending(self) -> None:
         """Log what the throttled lines have counted and not said yet (at close)."""

@@ -219,12 +219,16 @@ class Pipeline:
 
     def stats(self) -> Stats:
         """The counters, true when read from any thread: events other threads handed over
-        count as enqueued and queued as soon as their call returned."""
+        count as enqueued and queued as soon as their call returned. Events an earlier
+        process left in the spool count as enqueued (and spooled) from the spool's opening;
+        the queue numbers them as they are read back."""
         ledger = self.ledger
         queue = self.queue
+        spooler = self.spooler
         handed_over = self.intake.handed_over
+        unnumbered = spooler.unnumbered if spooler is not None else 0
         return Stats(
-            enqueued=queue.accepted + handed_over,
+            enqueued=queue.accepted + handed_over + unnumbered,
             delivered=ledger.delivered,
             failed=ledger.failed,
             dropped=ledger.dropped,
@@ -232,7 +236,7 @@ class Pipeline:
             queued=queue.count + handed_over,
             in_flight=len(queue.in_flight),
             queued_bytes=queue.bytes,
-            spooled=self.spooler.count if self.spooler is not None else 0,
+            spooled=spooler.spooled if spooler is not None else 0,
             filtered=ledger.filtered,
             last_error=ledger.last_error,
             failing_since=ledger.failing_since,

@@ -10,16 +10,24 @@ While the spool *spills* (any of the first three), new events are appended to it
 feeder task loads them back, oldest first, as the memory queue has room: insertion order is
 the order of arrival, so per-person order holds across memory, disk and restarts. Once on
 disk, a spilled event is remembered by a small stub (its id, place and waiter) and read
-back from the disk into a new entry.
+back from the disk into a new entry, by a `SpoolReader` (`_spool_reader.py`).
 
-A writer task appends and acknowledges in rounds (append first, then ack), so an event
-that is delivered before its append lands is appended and then removed, not left behind.
-At shutdown, what could not be delivered in time is kept in (or written to) the spool for
-the next start instead of being dropped.
+A `SpoolWriter` (`_spool_writer.py`) appends and acknowledges in rounds (append first,
+then ack), so an event that is delivered before its append lands is appended and then
+removed, not left behind. At shutdown, what could not be delivered in time is kept in (or
+written to) the spool for the next start instead of being dropped.
 
 The bridge talks to the pipeline through its public parts only: the queue (accept what
 comes back, room), the ledger (drops), the intake (diverting) and the dispatcher (the
 endpoint's health), wired by the pipeline.
+
+What it holds for the counters (`Stats.spooled`): the events whose only live copy is the
+spool, so that each event counts in exactly one of `queued`, `in_flight` and `spooled`.
+Those are this client's spilled events (`spilled`), its events kept in the file when the
+spool was given up on or at shutdown (`kept`), and the events an earlier process left that
+are not read back yet (`leftover`). The pipeline counts those in `enqueued` too, from the
+opening: this client has taken them over (with the ones that turn out unreadable, which
+count as failed).
 """
 
 from __future__ import annotations
@@ -27,21 +35,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import anyio
 
-from ._builders import entry_from_wire
-from ._constants import (
-    SPOOL_CLOSE_TIMEOUT,
-    SPOOL_LOAD_PAGE,
-    SPOOL_MAX_PENDING,
-)
-from ._events import DELIVERED, FAILED, FROM_EARLIER, SPOOLED, Entry, Waiter
-from ._exceptions import DeliveryError, ValidationError
+from ._constants import SPOOL_MAX_PENDING
+from ._events import DELIVERED, FAILED, FROM_EARLIER, SPOOLED, Entry
+from ._exceptions import DeliveryError
 from ._ledger import Ledger
 from ._queue import DeliveryQueue
 from ._spool import Spool, SpooledEvent, SpoolError, SpoolLimits
+from ._spool_reader import OnDisk, SpoolReader, entry_of
+from ._spool_writer import SpoolWriter, close_spool
 from ._types import DropReason
 
 __all__ = ["Spooler"]
@@ -49,17 +53,10 @@ __all__ = ["Spooler"]
 logger = logging.getLogger("encharge_async")
 
 
-@dataclass(slots=True)
-class _OnDisk:
-    """A spilled event whose only copy is on disk: what memory keeps of it."""
-
-    message_id: str
-    seq: int
-    waiter: Waiter | None
-
-
 class Spooler:
-    """Owns the spool of one client: the writer and feeder tasks and the spilling state."""
+    """Owns the spool of one client: the spilling state and the books of where its events
+    are, the feeder task (reading events back through a `SpoolReader`) and the writer
+    (`SpoolWriter`)."""
 
     def __init__(
         self,
@@ -89,27 +86,25 @@ class Spooler:
         self.spilling = True
         self.usable = True
         self.outage = False
-        self.pending: list[Entry] = []  # accepted, to append
-        self.writing: list[Entry] = []  # the batch being appended right now
-        # Ours, on disk (or pending), not in memory; `_OnDisk` once only the disk has it.
-        self.spilled: dict[str, Entry | _OnDisk] = {}
+        self.writer = SpoolWriter(
+            appended=self._after_append, acked=self._after_ack, failed=self._give_up
+        )
+        # Ours, on disk (or pending), not in memory; `OnDisk` once only the disk has it.
+        self.spilled: dict[str, Entry | OnDisk] = {}
         # Ours, in memory AND on disk (always mode), or finished but not yet acked: the
         # feeder must not load these again.
         self.resident: set[str] = set()
-        self.acks: list[str] = []
-        self.count = 0  # events in the spool, pending appends included
-        self.generation = 0  # append rounds done
-        self.cursor: int | None = None
-        self.next_commit = anyio.Event()  # set when `pending` is on disk
-        self.current_commit = anyio.Event()  # set when `writing` is on disk
-        self._writer_wakeup = anyio.Event()
+        # Ours, neither in memory nor spilled: left in the file for the next start (the
+        # spool was given up on before they were read back, or kept at shutdown).
+        self.kept = 0
+        self.reader = SpoolReader()
         self._feeder_wakeup = anyio.Event()
         self._opened: anyio.Event | None = None
-        self._loading = False
-        self._acked_while_loading: set[str] = set()
         self.open_error: SpoolError | None = None
-        # Events an earlier process left that are not read back yet (flush() waits for them).
+        # Events an earlier process left that are not read back yet (flush() waits for them),
+        # and those that could not be read back (failed).
         self.leftover = 0
+        self.unreadable = 0
 
     # -- called by the pipeline, on its loop ------------------------------------------------
 
@@ -121,6 +116,17 @@ class Spooler:
     @property
     def spilled_count(self) -> int:
         return len(self.spilled)
+
+    @property
+    def unnumbered(self) -> int:
+        """Events an earlier process left that count in `Stats.enqueued` but not in the
+        queue's numbering (it numbers them as they are read back)."""
+        return self.leftover + self.unreadable
+
+    @property
+    def spooled(self) -> int:
+        """Events whose only live copy is the spool (`Stats.spooled`); see the module."""
+        return len(self.spilled) + self.kept + self.leftover
 
     def take_overflow(self, entry: Entry) -> bool:
         """The memory queue is full: keep `entry` in the spool instead, if it is usable."""
@@ -136,7 +142,7 @@ class Spooler:
             self.start_spilling()
         if self.spilling:
             queue.count_accepted(entry)
-            if len(self.pending) >= max(self._max_queue_size, SPOOL_MAX_PENDING):
+            if len(self.writer.pending) >= max(self._max_queue_size, SPOOL_MAX_PENDING):
                 # The disk is not keeping up (the writer appends all that waits in one go):
                 # a memory bound applies to what waits for it.
                 self._ledger.record_dropped(entry, DropReason.QUEUE_FULL)
@@ -146,20 +152,16 @@ class Spooler:
             queue.accept_returning(entry)
             self.resident.add(entry.message_id)
         entry.spooled = SPOOLED
-        self.pending.append(entry)
-        self.count += 1
-        self._writer_wakeup.set()
+        self.writer.append(entry)
 
     def finished(self, entry: Entry, state: int) -> None:
         """An event that went through the spool ended; delivered or failed ones leave it."""
         if state in (DELIVERED, FAILED):
-            self.acks.append(entry.message_id)
-            self.count -= 1
-            self._writer_wakeup.set()
+            self.writer.ack(entry.message_id)
 
     def commit_of(self, entry: Entry) -> anyio.Event:
         """Set once `entry` (taken in always mode) is on disk."""
-        return self.current_commit if entry in self.writing else self.next_commit
+        return self.writer.commit_of(entry)
 
     def start_spilling(self) -> None:
         if self.usable and not self.spilling:
@@ -182,8 +184,9 @@ class Spooler:
         """Open the spool, then run the writer and the feeder until cancelled."""
         if not await self.open():
             return
+        assert self.spool is not None
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._writer)
+            tg.start_soon(self.writer.run, self.spool)
             tg.start_soon(self._feeder)
 
     async def open(self) -> bool:
@@ -212,12 +215,11 @@ class Spooler:
         for path in self.spool.moved_aside:
             logger.error("an unreadable spool file was moved aside to %s", path)
         for spooled in await self.spool.expire():
-            entry = _entry_of(spooled)
+            entry = entry_of(spooled)
             if entry is not None:
                 self._queue.count_accepted(entry)
                 self._ledger.record_dropped(entry, DropReason.EXPIRED)
         stats = await self.spool.stats()
-        self.count += stats.count
         self.leftover = stats.count
         if stats.count:
             logger.info("resuming %d event(s) left in the spool %s", stats.count, self._describe())
@@ -227,7 +229,7 @@ class Spooler:
         """Memory only from now on: spilled events go back to the memory queue.
 
         Those whose only copy is on disk are read back if the disk still reads; if not,
-        they stay in the spool file for the next start, and are counted there.
+        they stay in the spool file for the next start, and are counted there (`kept`).
         """
         logger.error(
             "the spool %s cannot be used, events stay in memory only: %s", self._describe(), reason
@@ -236,17 +238,19 @@ class Spooler:
         self.spilling = False
         spilled = list(self.spilled.values())
         self.spilled.clear()
-        self.pending.clear()
+        self.kept += len(spilled)  # until they are back in memory
         self.resident.clear()
-        self.current_commit.set()
-        self.next_commit.set()
+        self.writer.stop()
         self._divert_changed()
-        on_disk = {item.message_id: item for item in spilled if isinstance(item, _OnDisk)}
-        read_back = await self._read_back(on_disk) if on_disk else {}
+        on_disk = {item.message_id: item for item in spilled if isinstance(item, OnDisk)}
+        read_back: dict[str, Entry] = {}
+        if on_disk and self.spool is not None:
+            read_back = await self.reader.read_back(self.spool, on_disk)
         for item in spilled:
             entry = item if isinstance(item, Entry) else read_back.get(item.message_id)
             if entry is not None:
                 entry.spooled = 0
+                self.kept -= 1
                 self._queue.accept_returning(entry)
         left = len(on_disk) - len(read_back)
         if left:
@@ -257,69 +261,16 @@ class Spooler:
                 self._describe(),
             )
 
-    async def _read_back(self, on_disk: dict[str, _OnDisk]) -> dict[str, Entry]:
-        found: dict[str, Entry] = {}
-        if self.spool is None:
-            return found
-        after: int | None = None
-        try:
-            with anyio.fail_after(SPOOL_CLOSE_TIMEOUT):
-                while len(found) < len(on_disk):
-                    page = await self.spool.load(limit=SPOOL_LOAD_PAGE, after=after)
-                    if not page:
-                        break
-                    for spooled in page:
-                        after = spooled.seq
-                        stub = on_disk.get(spooled.message_id)
-                        entry = _entry_of(spooled) if stub is not None else None
-                        if stub is not None and entry is not None:
-                            entry.seq, entry.waiter = stub.seq, stub.waiter
-                            found[stub.message_id] = entry
-        except (SpoolError, TimeoutError) as exc:
-            logger.error("reading spilled events back from the spool failed: %s", exc)
-        return found
-
-    async def _writer(self) -> None:
-        assert self.spool is not None
-        while self.usable:
-            await self._writer_wakeup.wait()
-            self._writer_wakeup = anyio.Event()
-            while self.usable and (self.pending or self.acks):
-                batch, self.current_commit = self.pending, self.next_commit
-                self.pending, self.next_commit = [], anyio.Event()
-                acks, self.acks = self.acks, []
-                if batch:
-                    self.writing = batch
-                    try:
-                        result = await self.spool.append(
-                            [SpooledEvent.from_event(event) for event in batch]
-                        )
-                    except SpoolError as exc:
-                        self.writing = []
-                        await self._give_up(f"writing failed: {exc}")
-                        return
-                    self.writing = []
-                    self._after_append(batch, result.refused)
-                    self.current_commit.set()
-                    self._feeder_wakeup.set()
-                if acks:
-                    try:
-                        await self.spool.ack(acks)
-                    except SpoolError as exc:  # they are only sent again next start
-                        logger.error("acknowledging spooled events failed: %s", exc)
-                    if self._loading:
-                        # A read that started before this ack may still return them: the
-                        # feeder must recognise them as ours until it has looked.
-                        self._acked_while_loading.update(acks)
-                    else:
-                        self.resident.difference_update(acks)
+    def _after_ack(self, acks: list[str]) -> None:
+        # During a read, the feeder forgets them once it has looked at what it read.
+        if not self.reader.acked_during_read(acks):
+            self.resident.difference_update(acks)
 
     def _after_append(self, batch: list[Entry], refused: tuple[SpooledEvent, ...]) -> None:
         refused_ids = {spooled.message_id for spooled in refused}
         for entry in batch:
             message_id = entry.message_id
             if message_id in refused_ids:
-                self.count -= 1
                 entry.spooled = 0
                 self.resident.discard(message_id)
                 if self.spilled.pop(message_id, None) is not None:
@@ -327,8 +278,8 @@ class Spooler:
                     self._ledger.record_dropped(entry, DropReason.SPOOL_FULL)
             elif message_id in self.spilled:
                 # On disk now: free the memory, read it back from there.
-                self.spilled[message_id] = _OnDisk(message_id, entry.seq, entry.waiter)
-        self.generation += 1
+                self.spilled[message_id] = OnDisk(message_id, entry.seq, entry.waiter)
+        self._feeder_wakeup.set()
 
     async def _feeder(self) -> None:
         """Loads spilled events back into memory, oldest first, as the queue has room."""
@@ -343,24 +294,20 @@ class Spooler:
                 with anyio.move_on_after(1.0):  # also re-checks the outage window
                     await self._queue.wait_for_departure()
                 continue
-            generation = self.generation
-            self._loading = True
-            try:
-                page = await self.spool.load(limit=min(room, SPOOL_LOAD_PAGE), after=self.cursor)
-            finally:
-                self._loading = False
-            acked, self._acked_while_loading = self._acked_while_loading, set()
+            generation = self.writer.generation
+            page, acked = await self.reader.next_page(self.spool, room)
+            if not self.usable:
+                return  # given up on meanwhile: what was spilled is back in memory
             for spooled in page:
-                self.cursor = spooled.seq
                 if spooled.message_id in self.resident or spooled.message_id in acked:
                     continue
                 known = self.spilled.pop(spooled.message_id, None)
                 if isinstance(known, Entry):
                     entry = known
                 else:
-                    read = _entry_of(spooled)  # left by an earlier process, or spilled
+                    read = entry_of(spooled)  # left by an earlier process, or spilled
                     if read is None:
-                        self._forget_unreadable(spooled)
+                        self._forget_unreadable(spooled, known)
                         continue
                     entry = read
                     if known is not None:
@@ -372,7 +319,7 @@ class Spooler:
                 self.resident.add(spooled.message_id)
                 self._queue.accept_returning(entry)
             self.resident.difference_update(acked)
-            if page or generation != self.generation:
+            if page or generation != self.writer.generation:
                 continue  # an append landed meanwhile: read again before deciding
             if self.outage:
                 # Drained, but the endpoint is still down: wait for new spilled events (the
@@ -405,19 +352,21 @@ class Spooler:
             limit = min(limit, self._outage_in_memory)
         return limit - self._queue.count
 
-    def _forget_unreadable(self, spooled: SpooledEvent) -> None:
-        """A stored event that is not a valid event (a damaged or edited file): never sent."""
+    def _forget_unreadable(self, spooled: SpooledEvent, ours: OnDisk | None) -> None:
+        """A stored event that is not a valid event (a damaged or edited file): it fails,
+        never sent. `ours`: what memory kept of it, if this process spilled it."""
         logger.error(
             "the spool %s holds an invalid event (message id %.60r); it is removed, not sent",
             self._describe(),
             spooled.message_id,
         )
-        self.acks.append(spooled.message_id)
-        self.count -= 1
-        self._writer_wakeup.set()
-        if spooled.message_id not in self.spilled:
-            self.leftover = max(0, self.leftover - 1)
-            self._ledger.earlier_unreadable()
+        self.writer.ack(spooled.message_id)
+        if ours is not None:
+            self._ledger.record_unreadable(ours.seq, ours.waiter, ours.message_id)
+        elif self.leftover > 0:
+            self.leftover -= 1
+            self.unreadable += 1
+            self._ledger.record_unreadable()
 
     # -- shutdown -----------------------------------------------------------------------------
 
@@ -432,18 +381,19 @@ class Spooler:
         self.spilled.clear()
         undelivered = left + [item for item in spilled if isinstance(item, Entry)]
         if self.spool is None:
-            return 0, undelivered
+            return 0, undelivered  # the caller drops them at once
+        # In the spool's keeping until the caller has dropped those it could not keep.
+        self.kept += len(left) + len(spilled)
         if not self.usable:
             # Given up on, but still open (and locked): close it, keeping what it holds.
             with anyio.CancelScope(shield=True):
-                try:
-                    await self.spool.close(timeout=SPOOL_CLOSE_TIMEOUT)
-                except SpoolError as exc:  # pragma: no cover - close() only logs in practice
-                    logger.error("closing the spool failed: %s", exc)
+                await close_spool(self.spool)
+            self.kept -= len(undelivered)
             return 0, undelivered
-        held, lost = await self._keep(undelivered)
+        held, lost = await self.writer.keep(self.spool, undelivered)
+        self.kept -= len(lost)
         lost_ids = {entry.message_id for entry in lost}
-        kept: list[Entry | _OnDisk] = [item for item in spilled if isinstance(item, _OnDisk)]
+        kept: list[Entry | OnDisk] = [item for item in spilled if isinstance(item, OnDisk)]
         kept += [entry for entry in undelivered if entry.message_id not in lost_ids]
         for item in kept:
             if item.waiter is not None:
@@ -455,54 +405,7 @@ class Spooler:
                 item.waiter.done.set()
         return held, lost
 
-    async def _keep(self, undelivered: list[Entry]) -> tuple[int, list[Entry]]:
-        assert self.spool is not None
-        # A cancelled append may or may not have landed: appending again is harmless. The
-        # events still being written are the newest: after what the spool holds. Those in
-        # memory are older than anything the spool holds and has not handed back yet (the
-        # feeder reads oldest first): in front, so that the next start keeps the order.
-        newest = {event.message_id: event for event in [*self.writing, *self.pending]}
-        in_memory = [
-            event
-            for event in undelivered
-            if event.message_id not in newest and event.message_id not in self.spilled
-        ]
-        in_memory.sort(key=lambda event: event.seq)
-        lost: list[Entry] = list(undelivered)
-        held = 0
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(SPOOL_CLOSE_TIMEOUT):
-                try:
-                    refused: set[str] = set()
-                    for batch, front in ((list(newest.values()), False), (in_memory, True)):
-                        events = [SpooledEvent.from_event(e) for e in batch]
-                        if events:
-                            result = await self.spool.append(events, front=front)
-                            refused.update(spooled.message_id for spooled in result.refused)
-                    lost = [e for e in undelivered if e.message_id in refused]
-                    if self.acks:
-                        await self.spool.ack(self.acks)
-                        self.acks = []
-                    held = self.count = (await self.spool.stats()).count
-                except SpoolError as exc:
-                    logger.error("could not keep undelivered events in the spool: %s", exc)
-            try:
-                await self.spool.close(timeout=SPOOL_CLOSE_TIMEOUT)
-            except SpoolError as exc:  # pragma: no cover - close() only logs in practice
-                logger.error("closing the spool failed: %s", exc)
-        return held, lost
-
     def _describe(self) -> str:
         if self.spool is not None:
             return str(self.spool.path)
         return str(self._target) if not isinstance(self._target, Spool) else repr(self._target)
-
-
-def _entry_of(spooled: SpooledEvent) -> Entry | None:
-    """The entry of a stored event, validated like a new one (None when it is not valid)."""
-    try:
-        return entry_from_wire(
-            spooled.name, spooled.body, spooled.message_id, max(0, spooled.attempts)
-        )
-    except ValidationError:
-        return None

@@ -21,13 +21,23 @@ class ErrorInfo:
 class Stats:
     """Counters since the client was created (or since `os.fork()`, in a child process).
 
+    Each event the client took counts in `enqueued`, and at every moment in exactly one of
+    `delivered`, `failed`, `dropped` (its outcome), `queued` (waiting, including between
+    retries), `in_flight` or `spooled`:
+    `enqueued == delivered + failed + dropped + queued + in_flight + spooled`.
+
     `enqueued` counts every call that returned a message id (an event refused at the door
-    by a full queue included); each one ends as `delivered`, `failed` or `dropped`, or is
-    still `queued` (waiting, including between retries), `in_flight` or in the spool.
+    by a full queue included) and, with a spool, the events an earlier process left in it,
+    from when the client opens the spool (those that expired there count as `dropped`).
+    `spooled` counts the events whose only live copy
+    is the spool: spilled to disk and not in memory (a full queue, an outage), kept there
+    at shutdown, or left by an earlier process and not read back yet (0 without a spool).
+    An event both in memory and on disk (with `spool_mode="always"`, each event that is
+    not spilled) counts where its memory copy is, in `queued` or `in_flight`. A spooled
+    event that cannot be read back (a damaged file) counts as `failed`, without an
+    `on_error` call.
     `retried` counts retry attempts; `queued_bytes` is the serialised size of `queued`.
-    `spooled` counts the events held by the spool (0 without one); those of this process
-    that are not also in memory count in it and not in `queued`. `filtered` counts the
-    events `before_send` filtered out (not sent, not in `enqueued`).
+    `filtered` counts the events `before_send` filtered out (not sent, not in `enqueued`).
     `concurrency_limit` is how many requests may be in flight right now: it adapts between
     a floor and `max_concurrency` to the endpoint's latency and refusals (0 for a disabled
     client, which sends nothing).

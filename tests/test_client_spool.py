@@ -25,6 +25,7 @@ from encharge_async import (
     DropReason,
     SpoolError,
     SpoolLockedError,
+    Stats,
 )
 from encharge_async.testing import EnchargeRecorder
 
@@ -36,7 +37,19 @@ pytestmark = pytest.mark.anyio
 def writer_busy(client: AsyncEncharge) -> bool:
     spooler = client._pipeline.spooler
     assert spooler is not None
-    return bool(spooler.pending or spooler.writing)
+    return spooler.writer.busy
+
+
+def assert_adds_up(stats: Stats) -> None:
+    """Each event counts in exactly one term, the spool's included."""
+    assert stats.enqueued == (
+        stats.delivered
+        + stats.failed
+        + stats.dropped
+        + stats.queued
+        + stats.in_flight
+        + stats.spooled
+    ), stats
 
 
 def order_by_person(bodies: list[dict[str, Any]]) -> dict[str, list[int]]:
@@ -151,11 +164,14 @@ async def test_always_mode_makes_track_durable_before_it_returns(
             await client.track("Step", user_id="p", properties={"n": n})
             # White-box: no public API tells "committed to disk" from "handed to the writer".
             assert client._pipeline.spooler is not None
-            assert not client._pipeline.spooler.pending
-        assert client.stats.spooled == 5
+            assert not client._pipeline.spooler.writer.pending
+        stats = client.stats
+        # In memory and on disk: counted once, where the memory copy is (queued, in flight).
+        assert (stats.queued + stats.in_flight, stats.spooled) == (5, 0)
         held.release()
         await client.flush(timeout=5)
-        await wait_until(lambda: client.stats.spooled == 0)  # acknowledged once delivered
+    # Acknowledged once delivered: the closed spool holds nothing.
+    assert (await client.aclose()).spooled == 0
     assert [b["properties"]["n"] for b in held.bodies] == list(range(5))
 
 
@@ -333,7 +349,10 @@ async def test_tampered_spool_rows_never_reach_the_wire(tmp_path: Path) -> None:
         await wait_until(lambda: client.stats.spooled == 0 and len(recorder.requests) >= 1)
     assert [r.headers["idempotency-key"] for r in recorder.requests] == ["id-3"]
     assert all("x-injected" not in r.headers for r in recorder.requests)
-    assert client.stats.delivered == 1
+    stats = client.stats
+    # Taken over from the file (enqueued); the two it cannot read back count as failed.
+    assert (stats.enqueued, stats.delivered, stats.failed) == (3, 1, 2)
+    assert_adds_up(stats)
 
 
 async def test_a_failing_spool_never_hands_hooks_an_emptied_event(
@@ -457,3 +476,58 @@ async def test_a_restart_during_an_outage_retries_resumed_events(
     assert result.failed == 0
     assert [b["properties"]["n"] for b in recorder.bodies] == list(range(6))
     assert client.stats.spooled == 0
+
+
+@pytest.mark.parametrize("mode", ["overflow", "always"])
+async def test_each_event_counts_once_through_an_outage_a_restart_and_the_resume(
+    tmp_path: Path, mode: str
+) -> None:
+    """Spilled during an outage, kept at shutdown, resumed by the next process: at every
+    step `enqueued == delivered + failed + dropped + queued + in_flight + spooled`, and
+    `spooled` counts the events only the disk holds."""
+    path = tmp_path / "events.spool"
+    options: dict[str, Any] = {
+        "endpoint": ENDPOINT,
+        "spool": path,
+        "spool_mode": mode,
+        "spool_after": 0.05,
+        "max_concurrency": 1,  # at most 2 events in memory during the outage
+        "retry_wait": tenacity.wait_fixed(0.02),
+        "max_retries": 10_000,
+    }
+    down = Recorder(lambda request: httpx.Response(503))
+    first = AsyncEncharge(
+        WRITE_KEY, transport=httpx.MockTransport(down), shutdown_timeout=0.1, **options
+    )
+    async with first:
+        await first.track("Step", user_id="p", properties={"n": 0})
+        # Failing for longer than spool_after: 4 retries 0.02 s apart span more than 0.05 s.
+        await wait_until(lambda: first.stats.retried >= 4)
+        for n in range(1, 30):
+            await first.track("Step", user_id="p", properties={"n": n})
+            assert_adds_up(first.stats)
+        # Spilled: all but the few read back to notice the endpoint's return.
+        await wait_until(lambda: first.stats.spooled >= 25 and not writer_busy(first))
+        during = first.stats
+        assert_adds_up(during)
+        assert during.queued + during.in_flight == 30 - during.spooled
+    closed = await first.aclose()  # still down: everything is kept for the next start
+    after = first.stats
+    assert (closed.dropped, closed.spooled) == (0, 30)
+    assert (after.enqueued, after.spooled, after.queued, after.in_flight) == (30, 30, 0, 0)
+    assert_adds_up(after)
+
+    up = Recorder()
+    second = AsyncEncharge(WRITE_KEY, transport=httpx.MockTransport(up), **options)
+    async with second:
+        # Taken over at the opening: enqueued from the start, spooled until read back.
+        resumed = second.stats
+        assert resumed.enqueued == 30
+        assert_adds_up(resumed)
+        await second.track("After restart", user_id="p", properties={"n": 30})
+        assert_adds_up(second.stats)
+        assert (await second.flush(timeout=10)).complete  # what was resumed included
+        done = second.stats
+    assert (done.enqueued, done.delivered, done.spooled) == (31, 31, 0)
+    assert_adds_up(done)
+    assert order_by_person(up.bodies)["p"] == list(range(31))

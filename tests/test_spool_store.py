@@ -37,6 +37,7 @@ from encharge_async._spool import (
     SpoolLockedError,
     _store,
 )
+from encharge_async._spool._database import Database
 from encharge_async._spool._lock import owner_only
 from encharge_async._spool._store import Store
 from encharge_async._spool._thread import SpoolThread
@@ -748,7 +749,7 @@ async def test_other_sqlite_errors_on_open_are_raised_and_the_file_is_kept(
         raise sqlite_error(sqlite3.OperationalError, "disk I/O error", 10)
 
     await _fill(path, count=3)
-    monkeypatch.setattr(Store, "_check_schema", fail)
+    monkeypatch.setattr(Database, "_check_schema", fail)
     with pytest.raises(SpoolError, match="disk I/O error") as info:
         await Spool.open(path)
     assert not isinstance(info.value, SpoolCorruptError)
@@ -839,15 +840,15 @@ def _raise_permission_error(*args: object) -> None:
 async def test_a_failed_append_stores_nothing_and_the_spool_goes_on(open_spool: Opener) -> None:
     spool = await open_spool()
     await spool.append([event(0)])
-    conn = spool._store._conn
+    conn = spool._store._db._conn
     assert conn is not None
     error = sqlite_error(sqlite3.OperationalError, "database or disk is full", 13)
-    spool._store._conn = FailingConnection(conn, "INSERT", error, nth=2)  # type: ignore[assignment]
+    spool._store._db._conn = FailingConnection(conn, "INSERT", error, nth=2)  # type: ignore[assignment]
     with pytest.raises(SpoolError, match="disk is full") as info:
         await spool.append([event(1), event(2), event(3)])
     assert info.value.__cause__ is error
     assert not isinstance(info.value, SpoolCorruptError)
-    spool._store._conn = conn
+    spool._store._db._conn = conn
     assert ids(await spool.load(limit=10)) == ["m0"]  # the whole batch was rolled back
     stats = await spool.stats()
     assert (stats.count, stats.bytes) == (1, 10)
@@ -858,14 +859,14 @@ async def test_a_failed_append_stores_nothing_and_the_spool_goes_on(open_spool: 
 
 async def test_an_unexpected_error_rolls_back_and_propagates(open_spool: Opener) -> None:
     spool = await open_spool()
-    conn = spool._store._conn
+    conn = spool._store._db._conn
     assert conn is not None
     error = RuntimeError("unexpected")
-    spool._store._conn = FailingConnection(conn, "INSERT", error, nth=2)  # type: ignore[assignment]
+    spool._store._db._conn = FailingConnection(conn, "INSERT", error, nth=2)  # type: ignore[assignment]
     with pytest.raises(RuntimeError) as info:
         await spool.append([event(1), event(2)])
     assert info.value is error
-    spool._store._conn = conn
+    spool._store._db._conn = conn
     assert await spool.load(limit=10) == []
     assert (await spool.stats()).count == 0
 

@@ -16,6 +16,7 @@ the write key. Every SQLite call runs in the spool's own thread, never on the ev
 """
 
 from ._api import Spool
+from ._database import SCHEMA_VERSION
 from ._model import (
     AppendResult,
     SpoolClosedError,
@@ -26,7 +27,6 @@ from ._model import (
     SpoolLockedError,
     SpoolStats,
 )
-from ._store import SCHEMA_VERSION
 
 __all__ = [
     "SCHEMA_VERSION",
