@@ -30,7 +30,9 @@ class DeliveryQueue:
     """Events accepted and not finished: queued (waiting, or parked for a retry) or in flight.
 
     `accepted` counts every event offered to it, including those dropped at the door, so
-    that `accepted == delivered + failed + dropped + queued + in_flight (+ spooled)`.
+    that `accepted == delivered + failed + dropped + queued + in_flight (+ spooled)`; with
+    a spool, the pipeline's `enqueued` also counts what an earlier process left in it
+    (`Stats` has the exact identity).
     """
 
     def __init__(
