@@ -152,7 +152,7 @@ class AsyncEncharge:
     def _attach(self, pipeline: Pipeline) -> None:
         """The lifecycle's pipeline (a fresh one in a forked child), and its hot-path door."""
         self._pipeline = pipeline
-        self._intake = pipeline.intake
+        self._put = pipeline.intake.put_nowait
 
     # -- public API ------------------------------------------------------------------------
 
@@ -228,7 +228,7 @@ class AsyncEncharge:
             name, email, user_id, user, properties, source_ip, self._max_event_bytes, message_id
         )
         if not wait and self._never_blocks:
-            self._intake.put_nowait(event)  # the common case, without a second coroutine
+            self._put(event)  # the common case, without a second coroutine
             return event.message_id
         return await self._lifecycle.submit(event, wait, timeout)
 
@@ -254,7 +254,7 @@ class AsyncEncharge:
             message_id=message_id,
         )
         if not wait and self._never_blocks:
-            self._intake.put_nowait(event)  # the common case, without a second coroutine
+            self._put(event)  # the common case, without a second coroutine
             return event.message_id
         return await self._lifecycle.submit(event, wait, timeout)
 
@@ -283,7 +283,7 @@ class AsyncEncharge:
             message_id=message_id,
         )
         if not wait and self._never_blocks:
-            self._intake.put_nowait(event)  # the common case, without a second coroutine
+            self._put(event)  # the common case, without a second coroutine
             return event.message_id
         return await self._lifecycle.submit(event, wait, timeout)
 
@@ -315,7 +315,7 @@ class AsyncEncharge:
             message_id=message_id,
         )
         if not wait and self._never_blocks:
-            self._intake.put_nowait(event)  # the common case, without a second coroutine
+            self._put(event)  # the common case, without a second coroutine
             return event.message_id
         return await self._lifecycle.submit(event, wait, timeout)
 
@@ -344,7 +344,7 @@ class AsyncEncharge:
         event = self._build_track(
             name, email, user_id, user, properties, source_ip, self._max_event_bytes, message_id
         )
-        self._intake.put_nowait(event)
+        self._put(event)
         return event.message_id
 
     def identify_nowait(
@@ -363,7 +363,7 @@ class AsyncEncharge:
             max_bytes=self._max_event_bytes,
             message_id=message_id,
         )
-        self._intake.put_nowait(event)
+        self._put(event)
         return event.message_id
 
     def alias_nowait(
@@ -384,7 +384,7 @@ class AsyncEncharge:
             max_bytes=self._max_event_bytes,
             message_id=message_id,
         )
-        self._intake.put_nowait(event)
+        self._put(event)
         return event.message_id
 
     def group_nowait(
@@ -407,7 +407,7 @@ class AsyncEncharge:
             max_bytes=self._max_event_bytes,
             message_id=message_id,
         )
-        self._intake.put_nowait(event)
+        self._put(event)
         return event.message_id
 
     async def flush(self, timeout: float | None = None) -> FlushResult:

@@ -37,6 +37,7 @@ class Intake:
         enter: Callable[[], LoopBinding],
     ) -> None:
         self._queue = queue
+        self._queue_put = queue.put_nowait
         self._ledger = ledger
         self._overflow = overflow
         # Starts the client on the running loop, or checks the caller is on the client's
@@ -73,10 +74,10 @@ class Intake:
         ) and self._not_on_loop(entry):
             return
         divert = self.divert
-        if divert is not None:
-            divert(entry)
+        if divert is None:
+            self._queue_put(entry)
         else:
-            self._queue.put_nowait(entry)
+            divert(entry)
 
     def _not_on_loop(self, entry: Entry) -> bool:
         """Slow path: start the client, or hand the event over; True when handed over."""
