@@ -11,7 +11,7 @@ import httpx
 import pytest
 import tenacity
 
-from encharge_async import AsyncEncharge
+from encharge_async import AsyncEncharge, Stats
 from encharge_async.testing import EnchargeRecorder
 
 WRITE_KEY = "wk_secret_0123456789abcdef"
@@ -128,3 +128,15 @@ def held() -> EnchargeRecorder:
     recorder = EnchargeRecorder()
     recorder.hold()
     return recorder
+
+
+def assert_adds_up(stats: Stats) -> None:
+    """Each event counts in exactly one term, the spool's included."""
+    assert stats.enqueued == (
+        stats.delivered
+        + stats.failed
+        + stats.dropped
+        + stats.queued
+        + stats.in_flight
+        + stats.spooled
+    ), stats

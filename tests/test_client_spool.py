@@ -25,11 +25,10 @@ from encharge_async import (
     DropReason,
     SpoolError,
     SpoolLockedError,
-    Stats,
 )
 from encharge_async.testing import EnchargeRecorder
 
-from .conftest import ENDPOINT, WRITE_KEY, ClientFactory, Recorder, wait_until
+from .conftest import ENDPOINT, WRITE_KEY, ClientFactory, Recorder, assert_adds_up, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -38,18 +37,6 @@ def writer_busy(client: AsyncEncharge) -> bool:
     spooler = client._pipeline.spooler
     assert spooler is not None
     return spooler.writer.busy
-
-
-def assert_adds_up(stats: Stats) -> None:
-    """Each event counts in exactly one term, the spool's included."""
-    assert stats.enqueued == (
-        stats.delivered
-        + stats.failed
-        + stats.dropped
-        + stats.queued
-        + stats.in_flight
-        + stats.spooled
-    ), stats
 
 
 def order_by_person(bodies: list[dict[str, Any]]) -> dict[str, list[int]]:

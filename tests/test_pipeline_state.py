@@ -35,7 +35,7 @@ from hypothesis.stateful import (
 from encharge_async import AsyncEncharge, DeliveryError, DropReason, Event, QueueFullError
 from encharge_async.testing import EnchargeRecorder
 
-from .conftest import ENDPOINT, WRITE_KEY
+from .conftest import ENDPOINT, WRITE_KEY, assert_adds_up
 
 PEOPLE = ("ann", "bob", "cy")
 SETTLE_TURNS = 20  # loop turns without change that make a step "settled"
@@ -274,15 +274,7 @@ class PipelineMachine(RuleBasedStateMachine):
         stats = self.client.stats
         if self.spool_mode is None:
             assert stats.spooled == 0
-        # Each event counts in exactly one term, the spool's included.
-        assert stats.enqueued == (
-            stats.delivered
-            + stats.failed
-            + stats.dropped
-            + stats.queued
-            + stats.in_flight
-            + stats.spooled
-        ), stats
+        assert_adds_up(stats)
         calls, delivered, errors, drops = self.base
         # Refused calls are not accepted; events resumed from the spool are.
         assert stats.enqueued == len(self.calls) - calls + self.resumed
