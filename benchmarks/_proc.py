@@ -129,15 +129,18 @@ def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
     return data.split(b"\n", 1)[0].decode().strip()
 
 
-def run_child(target: str, kwargs: dict[str, Any], timeout: float) -> dict[str, Any]:
+def run_child(
+    target: str, kwargs: dict[str, Any], timeout: float, executable: str | None = None
+) -> dict[str, Any]:
     """Run `module:function(**kwargs)` in a fresh interpreter; return its JSON result.
 
     A fresh process per measurement keeps CPU time, RSS, threads and garbage of one
-    candidate away from the next. Raises RuntimeError when the child fails, and
-    subprocess.TimeoutExpired (after killing it) when it takes longer than `timeout`.
+    candidate away from the next. `executable` is that interpreter (default: this one's).
+    Raises RuntimeError when the child fails, and subprocess.TimeoutExpired (after killing
+    it) when it takes longer than `timeout`.
     """
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks._child", target],
+        [executable or sys.executable, "-m", "benchmarks._child", target],
         input=json.dumps(kwargs).encode(),
         capture_output=True,
         cwd=PROJECT_ROOT,

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import platform
 import statistics
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from contextlib import nullcontext
+from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -185,19 +187,32 @@ CANDIDATES: dict[str, Candidate] = {
 }
 
 
-def measure(events: int, repeats: int, sink_url: str | None = None) -> dict[str, dict[str, float]]:
-    """Every candidate `repeats` times (interleaved); the median and p99 of each run.
+# What the per-version section measures: our own calls, on the orjson path.
+VERSION_CANDIDATES = ("encharge_async: await track()", "encharge_async: track_nowait()")
+
+
+def measure(
+    events: int,
+    repeats: int,
+    sink_url: str | None = None,
+    names: Collection[str] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Every candidate (or those in `names`) `repeats` times (interleaved); the median and
+    p99 of each run.
 
     Returns, per candidate: `median_us` (median of the run medians), `median_min_us`,
     `median_max_us`, `p99_us` (median of the run p99s), `p99_min_us`, `p99_max_us`.
     Starts a loopback sink when `sink_url` is not given.
     """
+    candidates = {
+        name: candidate for name, candidate in CANDIDATES.items() if names is None or name in names
+    }
     with nullcontext(sink_url) if sink_url else ServerProcess("sink") as sink:
         url = sink if isinstance(sink, str) else sink.url
-        medians: dict[str, list[float]] = {name: [] for name in CANDIDATES}
-        p99s: dict[str, list[float]] = {name: [] for name in CANDIDATES}
+        medians: dict[str, list[float]] = {name: [] for name in candidates}
+        p99s: dict[str, list[float]] = {name: [] for name in candidates}
         for _ in range(repeats):
-            for name, candidate in CANDIDATES.items():
+            for name, candidate in candidates.items():
                 gc.collect()
                 timings = sorted(asyncio.run(candidate(events, url)))
                 medians[name].append(percentile(timings, 0.5) / 1000)
@@ -211,13 +226,30 @@ def measure(events: int, repeats: int, sink_url: str | None = None) -> dict[str,
             "p99_min_us": min(p99s[name]),
             "p99_max_us": max(p99s[name]),
         }
-        for name in CANDIDATES
+        for name in candidates
     }
 
 
 def measure_child(events: int, repeats: int, sink_url: str) -> dict[str, dict[str, float]]:
     """`measure`, for `benchmarks._child` (a fresh, loopback-only process)."""
     return measure(events, repeats, sink_url)
+
+
+def measure_version_child(events: int, repeats: int, sink_url: str) -> dict[str, Any]:
+    """Our own calls (`VERSION_CANDIDATES`), for `benchmarks._child` run by another Python.
+
+    Returns the interpreter's version, orjson's version (None: not installed, the stdlib
+    path was measured) and the rows of `measure`.
+    """
+    try:
+        orjson_version: str | None = metadata.version("orjson")
+    except metadata.PackageNotFoundError:
+        orjson_version = None
+    return {
+        "python": platform.python_version(),
+        "orjson": orjson_version,
+        "rows": measure(events, repeats, sink_url, names=VERSION_CANDIDATES),
+    }
 
 
 def main() -> None:

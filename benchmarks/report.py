@@ -47,6 +47,39 @@ def caller_table(caller: dict[str, dict[str, float]]) -> str:
     return _table(["call", "median us", "p99 us", "vs track_nowait"], rows)
 
 
+def versions_table(versions: dict[str, dict[str, Any]]) -> str:
+    """Our caller cost per Python version (`run.caller_cost_versions`)."""
+    measured = [version for version, row in versions.items() if "skipped" not in row]
+    # The ratios are against 3.11 (the figures elsewhere in docs/performance.md), if measured.
+    base_name = "3.11" if "3.11" in measured else (measured[0] if measured else "")
+    base = versions.get(base_name)
+    rows = []
+    for version, row in versions.items():
+        if "skipped" in row:
+            rows.append([version, f"skipped: {row['skipped']}", "", "", "", "", ""])
+            continue
+        assert base is not None
+        cells = [f"{row['python']} (orjson {row['orjson'] or 'not installed'})"]
+        for name in (TRACK, OURS):
+            cells.append(spread(row[name]["median_us"], 2))
+            cells.append(spread(row[name]["p99_us"], 1))
+        cells += [
+            f"{row[name]['median_us']['median'] / base[name]['median_us']['median']:.2f}x"
+            for name in (TRACK, OURS)
+        ]
+        rows.append(cells)
+    header = [
+        "Python",
+        "await track(): median us",
+        "p99 us",
+        "track_nowait(): median us",
+        "p99 us",
+        f"track() vs {base_name}",
+        f"track_nowait() vs {base_name}",
+    ]
+    return _table(header, rows)
+
+
 def cpu_table(cpu: dict[str, dict[str, Any]]) -> str:
     clients = list(dict.fromkeys(row["client"] for row in cpu.values()))
     levels = sorted({row["concurrency"] for row in cpu.values()})
@@ -348,6 +381,7 @@ def markdown(results: dict[str, Any]) -> str:
     parts = []
     builders = [
         ("caller_cost", "Caller cost (time per call on the caller's path)", caller_table),
+        ("caller_cost_versions", "Caller cost per Python version (.venv-3.X)", versions_table),
         ("cpu_per_event", "CPU per delivered event (loopback sink)", cpu_table),
         ("throughput", "Throughput under latency (emulator)", throughput_table),
         ("memory", "Memory while the endpoint is down", memory_tables),

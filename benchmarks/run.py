@@ -4,6 +4,8 @@
 about two minutes with much smaller runs (for a check, not for the docs). `--only` runs some
 sections. Every figure is the median of repeated runs, with the min-max spread.
 Servers and measured clients run in processes of their own, on loopback only.
+The `caller_cost_versions` section measures the caller cost again on every `.venv-3.X`
+interpreter that `make test-all` built (those missing are skipped and said so).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
 from . import delivery, latency, memory, report, shutdown, throughput, webapp
-from ._common import PROJECT_ROOT, loopback_only
+from ._common import PROJECT_ROOT, loopback_only, summarise
 from ._proc import Runner, ServerProcess, run_child
 
 HERE = Path(__file__).resolve().parent
@@ -46,6 +48,7 @@ PACKAGES = (
 )
 SECTIONS = (
     "caller_cost",
+    "caller_cost_versions",
     "cpu_per_event",
     "throughput",
     "memory",
@@ -62,6 +65,9 @@ class Plan:
     quick: bool
     repeats: int
     caller_events: int
+    versions_pythons: tuple[str, ...]
+    versions_events: int
+    versions_rounds: int
     cpu_events: int
     cpu_max_seconds: float
     cpu_concurrencies: tuple[int, ...]
@@ -93,6 +99,10 @@ FULL = Plan(
     quick=False,
     repeats=3,
     caller_events=20_000,
+    # The versions `make test-all` covers; one child per version and round, interleaved.
+    versions_pythons=("3.10", "3.11", "3.12", "3.13"),
+    versions_events=20_000,
+    versions_rounds=5,
     cpu_events=20_000,
     cpu_max_seconds=1.5,
     cpu_concurrencies=(1, 16, 64),
@@ -124,6 +134,8 @@ QUICK = dataclasses.replace(
     FULL,
     quick=True,
     caller_events=2_000,
+    versions_events=2_000,
+    versions_rounds=2,
     cpu_events=2_000,
     cpu_max_seconds=0.3,
     cpu_fresh_process_per_run=False,
@@ -203,6 +215,75 @@ def _caller_cost(plan: Plan, runner: Runner) -> dict[str, Any]:
         )
 
 
+def find_venvs(pythons: Sequence[str], root: Path = PROJECT_ROOT) -> dict[str, Path | None]:
+    """`root/.venv-X/bin/python` for each version X in `pythons`, None where there is none."""
+    found: dict[str, Path | None] = {}
+    for version in pythons:
+        python = root / f".venv-{version}" / "bin" / "python"
+        found[version] = python if python.exists() else None
+    return found
+
+
+def caller_cost_versions(
+    interpreters: Mapping[str, Path | None],
+    events: int,
+    rounds: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """`await track()` and `track_nowait()` on each interpreter (`benchmarks.enqueue`).
+
+    Each round runs one fresh child per interpreter, in a rotating order, so that drift in
+    the machine's load spreads evenly over the versions. Per version: the interpreter's
+    version, orjson's, and per call the summaries of the round medians and p99s (us). A
+    version without an interpreter, or whose child fails (a stale venv), is reported as
+    `{"skipped": reason}`.
+    """
+    results: dict[str, Any] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for version, python in interpreters.items():
+        if python is None:
+            results[version] = {"skipped": f"no .venv-{version} (make test-all builds it)"}
+            log(f"  Python {version}: skipped, no .venv-{version} (make test-all builds it)")
+        else:
+            runs[version] = []
+    with ServerProcess("sink") as sink:
+        for round_number in range(rounds):
+            order = list(runs)
+            shift = round_number % len(order) if order else 0
+            for version in order[shift:] + order[:shift]:
+                if version in results:  # failed in an earlier round
+                    continue
+                python = interpreters[version]
+                try:
+                    runs[version].append(
+                        run_child(
+                            "benchmarks.enqueue:measure_version_child",
+                            {"events": events, "repeats": 1, "sink_url": sink.url},
+                            timeout=300,
+                            executable=str(python),
+                        )
+                    )
+                except RuntimeError as exc:
+                    reason = str(exc).strip().splitlines()[-1]
+                    results[version] = {"skipped": f"{python} failed: {reason}"}
+                    log(f"  Python {version}: skipped, {python} failed: {reason}")
+    for version, version_runs in runs.items():
+        if version in results:
+            continue
+        row: dict[str, Any] = {
+            "python": version_runs[0]["python"],
+            "orjson": version_runs[0]["orjson"],
+            "rounds": len(version_runs),
+        }
+        for name in version_runs[0]["rows"]:
+            row[name] = {
+                "median_us": summarise([r["rows"][name]["median_us"] for r in version_runs]),
+                "p99_us": summarise([r["rows"][name]["p99_us"] for r in version_runs]),
+            }
+        results[version] = row
+    return {version: results[version] for version in interpreters}
+
+
 def run(
     plan: Plan,
     sections: Sequence[str],
@@ -216,6 +297,10 @@ def run(
     """
     steps: dict[str, Callable[[], dict[str, Any]]] = {
         "caller_cost": lambda: _caller_cost(plan, runner),
+        # Always in child processes: the point is to run other interpreters than this one.
+        "caller_cost_versions": lambda: caller_cost_versions(
+            find_venvs(plan.versions_pythons), plan.versions_events, plan.versions_rounds, log
+        ),
         "cpu_per_event": lambda: delivery.measure(
             plan.cpu_events,
             plan.repeats,

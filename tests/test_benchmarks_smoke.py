@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,11 @@ TINY = dataclasses.replace(
     run.QUICK,
     repeats=1,
     caller_events=100,
+    # A version no machine has: the section reports it skipped without starting a child
+    # (test_caller_cost_versions measures this interpreter).
+    versions_pythons=("0.0",),
+    versions_events=100,
+    versions_rounds=1,
     cpu_events=40,
     cpu_max_seconds=10.0,
     cpu_concurrencies=(2,),
@@ -80,6 +87,42 @@ def test_caller_cost(results: dict[str, Any]) -> None:
     for row in caller.values():
         assert 0 < row["median_min_us"] <= row["median_us"] <= row["median_max_us"]
         assert row["p99_us"] >= row["median_us"]
+
+
+@pytest.mark.slow
+def test_versions_missing_are_skipped(results: dict[str, Any]) -> None:
+    assert results["sections"]["caller_cost_versions"] == {
+        "0.0": {"skipped": "no .venv-0.0 (make test-all builds it)"}
+    }
+
+
+def test_find_venvs(tmp_path: Path) -> None:
+    python = tmp_path / ".venv-3.12" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.touch()
+    assert run.find_venvs(("3.11", "3.12"), tmp_path) == {"3.11": None, "3.12": python}
+
+
+@pytest.mark.slow
+def test_caller_cost_versions() -> None:
+    lines: list[str] = []
+    versions = run.caller_cost_versions(
+        {"this": Path(sys.executable), "0.0": None}, events=100, rounds=2, log=lines.append
+    )
+    assert list(versions) == ["this", "0.0"]
+    assert versions["0.0"] == {"skipped": "no .venv-0.0 (make test-all builds it)"}
+    assert lines == ["  Python 0.0: skipped, no .venv-0.0 (make test-all builds it)"]
+    row = versions["this"]
+    assert row["python"] == platform.python_version()
+    assert row["rounds"] == 2
+    for name in enqueue.VERSION_CANDIDATES:
+        assert _is_summary(row[name]["median_us"])
+        assert _is_summary(row[name]["p99_us"])
+        assert len(row[name]["median_us"]["runs"]) == 2
+    table = report.versions_table(versions)
+    assert "| 0.0 | skipped: no .venv-0.0" in table
+    assert f"| {platform.python_version()} (orjson " in table
+    assert "1.00x" in table  # the first measured version is the base when 3.11 is not
 
 
 @pytest.mark.slow

@@ -127,7 +127,7 @@ def test_values_in_errors_are_shortened_and_escaped(capsys: pytest.CaptureFixtur
     assert "\r" not in err
     assert "\x1b" not in err
     assert "'evil\\r\\n\\x1b[2J" in err
-    assert "(5,010 chars)" in err
+    assert "'... (5010 characters)" in err
     assert len(err) < 200
 
 

@@ -49,14 +49,17 @@ async def test_shutdown_deadline_drops_and_reports_the_rest(
 
 async def test_backoff_sleeps_are_cut_short_on_shutdown(make_client: ClientFactory) -> None:
     # Fails, is parked for 60 s; at aclose() it is retried at once, fails again, and gets
-    # one last attempt before the deadline instead of another 60 s.
+    # one last attempt before the deadline instead of another 60 s. That last attempt is due
+    # `timeout` before the deadline: the immediate retry must have failed by then, and the
+    # last attempt must be answered within `timeout`. Both get 0.75 s (with 1.2 s and 1 s,
+    # the retry had 0.2 s, which a loaded machine overran: the event was dropped).
     answers = iter([500, 500, 200])
     recorder = Recorder(lambda request: httpx.Response(next(answers)))
     client = make_client(
         transport=httpx.MockTransport(recorder),
         retry_wait=tenacity.wait_fixed(60),
-        shutdown_timeout=1.2,
-        timeout=1,
+        shutdown_timeout=1.5,
+        timeout=0.75,
     )
     await client.track("E", user_id=1)
     # The first attempt failed; the retry is parked for 60 s.

@@ -7,8 +7,8 @@ import os
 from typing import Any
 
 from .._constants import EMULATOR_INSPECT_TOKEN_ENV, WRITE_KEY_ENV
+from .._text import quote
 from ._options import add_verbose, fraction, int_at_least, port, read_key_file, seconds
-from ._text import shorten
 
 __all__ = ["add_emulator_parser"]
 
@@ -22,7 +22,7 @@ def _latency(text: str) -> float | tuple[float, float]:
     bounds = value if isinstance(value, tuple) else (value, value)
     if value is None or not all(0 <= x < float("inf") for x in bounds if x is not None):
         raise argparse.ArgumentTypeError(
-            f"latency is seconds (0.05) or a range (0.01-0.2), got {shorten(text)}"
+            f"latency is seconds (0.05) or a range (0.01-0.2), got {quote(text)}"
         )
     return value
 

@@ -23,6 +23,7 @@ from .._client import AsyncEncharge
 from .._constants import CLI_MAX_LINE_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_SHUTDOWN_TIMEOUT
 from .._events import Event
 from .._exceptions import DeliveryError, QueueFullError, ValidationError
+from .._text import quote
 from .._types import DropReason
 from ._checkpoint import Checkpoint
 from ._files import open_private
@@ -38,7 +39,7 @@ from ._options import (
 )
 from ._progress import Counters, Progress, format_duration
 from ._sources import DEAD_LETTER_KEY, BadLine, Call, Source
-from ._text import one_line, path_text, shorten
+from ._text import one_line, path_text
 
 __all__ = ["add_import_parser"]
 
@@ -55,7 +56,7 @@ def _delimiter(text: str) -> str:
     value = named.get(text.lower(), text)
     if len(value) != 1 or value in '"\r\n':
         raise argparse.ArgumentTypeError(
-            f"a delimiter is one character (, ; tab |), got {shorten(text)}"
+            f"a delimiter is one character (, ; tab |), got {quote(text)}"
         )
     return value
 

@@ -11,7 +11,8 @@ from typing import Any, NoReturn
 
 from .._constants import DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT, ENDPOINT_ENV, WRITE_KEY_ENV
 from .._exceptions import ConfigurationError
-from ._text import one_line, shorten
+from .._text import quote
+from ._text import one_line
 
 __all__ = [
     "EXIT_FAILED",
@@ -63,7 +64,7 @@ def int_at_least(low: int) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"expected a whole number, got {shorten(text)}"
+                f"expected a whole number, got {quote(text)}"
             ) from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
@@ -84,9 +85,9 @@ def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {shorten(text)}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {quote(text)}") from None
     if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {shorten(text)}")
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {quote(text)}")
     return value
 
 
@@ -95,7 +96,7 @@ def seconds(*, allow_zero: bool) -> Callable[[str], float]:
         value = _number(text)
         if value < 0 or (value == 0 and not allow_zero):
             bound = ">= 0" if allow_zero else "> 0"
-            raise argparse.ArgumentTypeError(f"seconds must be {bound}, got {shorten(text)}")
+            raise argparse.ArgumentTypeError(f"seconds must be {bound}, got {quote(text)}")
         return value
 
     parse.__name__ = "seconds"
@@ -105,7 +106,7 @@ def seconds(*, allow_zero: bool) -> Callable[[str], float]:
 def fraction(text: str) -> float:
     value = _number(text)
     if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"a fraction is 0 to 1, got {shorten(text)}")
+        raise argparse.ArgumentTypeError(f"a fraction is 0 to 1, got {quote(text)}")
     return value
 
 
@@ -149,7 +150,7 @@ def add_client_options(parser: argparse.ArgumentParser, *, concurrency: bool = T
 
 def read_key_file(path: str) -> str:
     """A write key from a file (or stdin for "-"), surrounding whitespace stripped."""
-    name = "standard input" if path == "-" else shorten(path)
+    name = "standard input" if path == "-" else quote(path)
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -205,6 +206,6 @@ def parse_assignments(
     for item in items or ():
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigurationError(f"{option} expects KEY=VALUE, got {shorten(item)}")
+            raise ConfigurationError(f"{option} expects KEY=VALUE, got {quote(item)}")
         result[key] = value if key in text_keys else parse_value(value)
     return result

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from .._exceptions import ConfigurationError
-from ._text import path_text, shorten
+from .._text import quote
+from ._text import path_text
 
 __all__ = [
     "DEAD_LETTER_KEY",
@@ -221,7 +222,7 @@ class Source:
         header = next(csv.reader([text], delimiter=chosen), [])
         columns = [_column(name) for name in header]
         if not {"email", "user_id"} & set(columns):
-            found = ", ".join(shorten(name.strip(), 24) for name in header[:12])
+            found = ", ".join(quote(name.strip(), 24) for name in header[:12])
             more = f" and {len(header) - 12} more" if len(header) > 12 else ""
             shown = "tab" if chosen == "\t" else repr(chosen)
             raise ConfigurationError(
@@ -418,10 +419,10 @@ def _keyword_form(number: int, record: dict[str, Any]) -> Call:
     method = kwargs.pop("method")
     allowed = _METHODS.get(method) if isinstance(method, str) else None
     if allowed is None:
-        raise ValueError(f"method must be one of {sorted(_METHODS)}, got {shorten(method)}")
+        raise ValueError(f"method must be one of {sorted(_METHODS)}, got {quote(method)}")
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
-        raise ValueError(f"unknown keys for {method}: {', '.join(map(shorten, unknown))}")
+        raise ValueError(f"unknown keys for {method}: {', '.join(map(quote, unknown))}")
     return Call(number, method, kwargs, record)
 
 
@@ -450,7 +451,7 @@ def _wire_form(number: int, record: dict[str, Any]) -> Call:
             kwargs["user"] = user
         return Call(number, "group", kwargs, record)
     if kind is not None:
-        raise ValueError(f"unknown type {shorten(kind)} (Encharge knows 'alias' and 'group')")
+        raise ValueError(f"unknown type {quote(kind)} (Encharge knows 'alias' and 'group')")
     name = record.get("name")
     if name == "identify":
         return Call(number, "identify", {"user": user}, record)

@@ -1,12 +1,15 @@
-"""How the command line shows values it did not write: short, escaped, on one line."""
+"""How the command line shows messages and file names: escaped, on one line.
+
+Values quoted in a message go through the library's `_text.quote`, as the client's own
+messages do: one format for a shortened value everywhere.
+"""
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["flag_names", "one_line", "path_text", "shorten"]
+__all__ = ["flag_names", "one_line", "path_text"]
 
-SHORTEN_CHARS = 40
 LINE_CHARS = 300
 
 # The client's messages name its keywords; on the command line the user typed flags.
@@ -24,19 +27,6 @@ _KEYWORD_FLAGS = {
 _KEYWORDS = re.compile(r"\b(" + "|".join(_KEYWORD_FLAGS) + r")\b(=\.\.\.)?")
 
 
-def shorten(value: object, limit: int = SHORTEN_CHARS) -> str:
-    """`repr` of a value (for a str: escaped, quoted), cut to a prefix and the length.
-
-    A value read from a file or typed by someone else may be huge or hold CR/LF or
-    terminal escapes: an error message shows enough of it to recognise, never all of it.
-    """
-    text = value if isinstance(value, str) else repr(value)
-    if len(text) <= limit:
-        return repr(text) if isinstance(value, str) else _escape(text)
-    prefix = repr(text[:limit]) if isinstance(value, str) else _escape(text[:limit])
-    return f"{prefix}... ({len(text):,} chars)"
-
-
 def _escape(text: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
@@ -49,7 +39,7 @@ def path_text(path: object) -> str:
 def one_line(text: str, limit: int = LINE_CHARS) -> str:
     """A message on one printable line: control characters escaped, the tail cut."""
     text = _escape(text)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} chars)"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def flag_names(message: str) -> str:
