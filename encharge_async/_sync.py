@@ -12,6 +12,7 @@ import os
 import ssl
 from collections.abc import Callable, Coroutine, Mapping
 from functools import partial
+from threading import get_ident
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -143,7 +144,7 @@ class Encharge:
             proxy=proxy,
             trust_env=trust_env,
         )
-        self._overflow = self._config.overflow
+        self._blocks = self._config.overflow == "block"
         self._shutdown_timeout = self._config.shutdown_timeout
         # The bound AsyncEncharge puts on a wait=True call made without a timeout.
         self._wait_bound = self._config.wait_bound
@@ -370,42 +371,33 @@ class Encharge:
             if background.state is not LoopState.NEW:
                 raise ClientClosedError(f"the client is {background.state.value}; create a new one")
             return nowait(background.client, *args, **keywords)
-        if self._hands_over(wait):
-            return nowait(background.client, *args, **keywords)
-        return self._block(
-            partial(method, background.client, *args, **keywords, wait=wait, timeout=timeout),
-            wait,
-            timeout,
-        )
-
-    def _hands_over(self, wait: bool) -> bool:
-        """Whether the call validates its event here and hands it over to the client's loop.
-
-        That is every call but the blocking ones (`wait=True`, or `overflow="block"`), from
-        any thread, one running an event loop of its own included. Starts the client.
-        """
-        background = self._background
+        # Every call but the blocking ones (wait=True, overflow="block") validates its event
+        # here and hands it over to the client's loop, from any thread. Starts the client.
         if (
             background.pid != os.getpid()
             or background.loop is None
             or background.state is not LoopState.RUNNING
         ):
             background.running_loop()  # after a fork, before the start, or once closing
-        if background.on_own_thread():
+        if background.thread_ident == get_ident():
             # On the client's own thread (a hook): nothing may block it.
             if wait:
                 raise EventLoopError("wait=True cannot block the client's own thread (from a hook)")
-            return True
-        return not wait and self._overflow != "block"
+        elif wait or self._blocks:
+            return self._block(
+                partial(method, background.client, *args, **keywords, wait=wait, timeout=timeout),
+                wait,
+                timeout,
+            )
+        return nowait(background.client, *args, **keywords)
 
     def _block(
         self, submit: Callable[[], Coroutine[Any, Any, str]], wait: bool, timeout: float | None
     ) -> str:
         """Run the async method on the client's loop; block until it returns."""
         loop = self._background.running_loop()
-        blocks = self._overflow == "block"
         bound = 0.0
-        if blocks:
+        if self._blocks:
             bound += DEFAULT_BLOCK_TIMEOUT if timeout is None else timeout
         if wait:
             bound += self._wait_bound if timeout is None else timeout
