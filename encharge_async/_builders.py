@@ -202,15 +202,11 @@ def build_track(
     # (docs/performance.md). Its size is bounded before the identifiers are lowered and
     # hashed for the lanes and before serialising: the strings seen here count at C level,
     # the properties' first level is `_json.plain_size`'s, inline.
-    wire: dict[str, Any] = {"name": name, "user": {"email": email, "userId": user_id}}
-    size = len(name) + len(email) + len(user_id)
-    if properties is not None:
-        if properties.__class__ is not dict:
-            return _build_other_track(
-                name, email, user_id, user, properties, source_ip, max_bytes, message_id
-            )
-        wire["properties"] = properties
-        size += len(properties)
+    if properties is None:
+        size = len(name) + len(email) + len(user_id)
+        wire: dict[str, Any] = {"name": name, "user": {"email": email, "userId": user_id}}
+    elif properties.__class__ is dict:
+        size = len(name) + len(email) + len(user_id) + len(properties)
         for value in properties.values():
             if type(value) is str:
                 size += len(value)
@@ -227,6 +223,15 @@ def build_track(
                 return _build_other_track(
                     name, email, user_id, user, properties, source_ip, max_bytes, message_id
                 )
+        wire = {
+            "name": name,
+            "user": {"email": email, "userId": user_id},
+            "properties": properties,
+        }
+    else:
+        return _build_other_track(
+            name, email, user_id, user, properties, source_ip, max_bytes, message_id
+        )
     if source_ip is not None:
         wire["sourceIp"] = _check_ip(source_ip)
     if size > max_bytes:
