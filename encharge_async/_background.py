@@ -101,15 +101,16 @@ class BackgroundLoop:
         self._config = config
         self.atexit_timeout = atexit_timeout
         self.handle_sigterm = handle_sigterm
-        self.client = self._new_client()
+        self._new_client()
         self.reset()
         _all_loops.add(self)
         if handle_sigterm:
             _install_sigterm_handler()
 
-    def _new_client(self) -> AsyncEncharge:
-        # The one deliberate private call into AsyncEncharge: share the validated Config.
-        return AsyncEncharge._from_config(self._config)  # noqa: SLF001
+    def _new_client(self) -> None:
+        # The one deliberate private call into AsyncEncharge: share the validated Config,
+        # and get the door for events the sync client builds in its callers' threads.
+        self.client, self.lifecycle = AsyncEncharge._from_config(self._config)  # noqa: SLF001
 
     def reset(self) -> None:
         self.lock = threading.Lock()
@@ -203,13 +204,13 @@ class BackgroundLoop:
             start.abandoned = not ready
         if not ready:
             # A thread that comes up later closes itself; the next call starts afresh.
-            self.client = self._new_client()
+            self._new_client()
             raise EventLoopError(
                 f"the Encharge background thread did not start within {_START_TIMEOUT:g}s "
                 "(are threads enabled? uWSGI needs --enable-threads)"
             )
         if start.error is not None:
-            self.client = self._new_client()
+            self._new_client()
             raise start.error
         self.thread = thread
         self.thread_ident = thread.ident
@@ -321,7 +322,7 @@ class BackgroundLoop:
             self.close_future = concurrent.futures.Future()
             self.close_future.set_result(FlushResult())
         elif used:
-            self.client = self._new_client()
+            self._new_client()
 
 
 # Every instance (for the fork hook), and those with a running thread (for the exit hook).

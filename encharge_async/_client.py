@@ -131,11 +131,12 @@ class AsyncEncharge:
         )
 
     @classmethod
-    def _from_config(cls, config: Config) -> AsyncEncharge:
-        """A client of an already validated `Config` (the sync client's)."""
+    def _from_config(cls, config: Config) -> tuple[AsyncEncharge, Lifecycle]:
+        """A client of an already validated `Config`, and its lifecycle: the sync client's,
+        which builds events in its callers' threads and hands them to that door."""
         client = cls.__new__(cls)
         client._configure(config)  # noqa: SLF001 - the class's own constructor path
-        return client
+        return client, client._lifecycle  # noqa: SLF001 - idem
 
     def _configure(self, config: Config) -> None:
         self._config = config

@@ -52,6 +52,9 @@ class Lifecycle:
 
     def _new_pipeline(self) -> None:
         self.pipeline = Pipeline(self._config, self.enter)
+        # The door for events built elsewhere (the sync client builds them in its callers'
+        # threads): the intake's, rebound with each pipeline.
+        self.put_nowait = self.pipeline.intake.put_nowait
         self._attach(self.pipeline)
 
     @property

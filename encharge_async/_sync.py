@@ -20,7 +20,7 @@ import httpx
 
 from . import _config
 from ._background import BackgroundLoop, LoopState
-from ._client import AsyncEncharge
+from ._builders import build_alias, build_group, build_identify, build_track
 from ._config import Config
 from ._constants import (
     DEFAULT_BLOCK_TIMEOUT,
@@ -38,7 +38,9 @@ from ._constants import (
     DEFAULT_SPOOL_MODE,
     DEFAULT_TIMEOUT,
 )
+from ._events import Entry
 from ._exceptions import ClientClosedError, EventLoopError
+from ._shaping import EventShaper
 from ._spool import Spool
 from ._stats import FlushResult, Stats
 from ._types import (
@@ -144,7 +146,16 @@ class Encharge:
             proxy=proxy,
             trust_env=trust_env,
         )
-        self._blocks = self._config.overflow == "block"
+        config = self._config
+        self._blocks = config.overflow == "block"
+        self._disabled = config.disabled
+        self._max_event_bytes = config.max_event_bytes
+        # Events are built (validated, shaped) in the caller's thread, as AsyncEncharge's are.
+        shaper = EventShaper.for_config(config)
+        self._build_track = build_track if shaper is None else shaper.track
+        self._build_identify = build_identify if shaper is None else shaper.identify
+        self._build_alias = build_alias if shaper is None else shaper.alias
+        self._build_group = build_group if shaper is None else shaper.group
         self._shutdown_timeout = self._config.shutdown_timeout
         # The bound AsyncEncharge puts on a wait=True call made without a timeout.
         self._wait_bound = self._config.wait_bound
@@ -214,21 +225,10 @@ class Encharge:
             EventLoopError: `wait=True` from a hook (it runs on the client's own thread),
                 or the background thread could not start.
         """
-        return self._call(
-            AsyncEncharge.track_nowait,
-            AsyncEncharge.track,
-            (name,),
-            {
-                "email": email,
-                "user_id": user_id,
-                "user": user,
-                "properties": properties,
-                "source_ip": source_ip,
-                "message_id": message_id,
-            },
-            wait,
-            timeout,
+        event = self._build_track(
+            name, email, user_id, user, properties, source_ip, self._max_event_bytes, message_id
         )
+        return self._submit(event, wait, timeout)
 
     def identify(
         self,
@@ -244,14 +244,14 @@ class Encharge:
 
         Blocks and raises like `track`.
         """
-        return self._call(
-            AsyncEncharge.identify_nowait,
-            AsyncEncharge.identify,
-            (),
-            {"email": email, "user_id": user_id, "user": user, "message_id": message_id},
-            wait,
-            timeout,
+        event = self._build_identify(
+            email=email,
+            user_id=user_id,
+            user=user,
+            max_bytes=self._max_event_bytes,
+            message_id=message_id,
         )
+        return self._submit(event, wait, timeout)
 
     def alias(
         self,
@@ -268,20 +268,15 @@ class Encharge:
 
         Blocks and raises like `track`.
         """
-        return self._call(
-            AsyncEncharge.alias_nowait,
-            AsyncEncharge.alias,
-            (),
-            {
-                "previous_email": previous_email,
-                "previous_user_id": previous_user_id,
-                "email": email,
-                "user_id": user_id,
-                "message_id": message_id,
-            },
-            wait,
-            timeout,
+        event = self._build_alias(
+            previous_email=previous_email,
+            previous_user_id=previous_user_id,
+            email=email,
+            user_id=user_id,
+            max_bytes=self._max_event_bytes,
+            message_id=message_id,
         )
+        return self._submit(event, wait, timeout)
 
     def group(
         self,
@@ -299,14 +294,16 @@ class Encharge:
 
         Blocks and raises like `track`.
         """
-        return self._call(
-            AsyncEncharge.group_nowait,
-            AsyncEncharge.group,
-            (object_type, properties),
-            {"email": email, "user_id": user_id, "user": user, "message_id": message_id},
-            wait,
-            timeout,
+        event = self._build_group(
+            object_type,
+            properties,
+            email=email,
+            user_id=user_id,
+            user=user,
+            max_bytes=self._max_event_bytes,
+            message_id=message_id,
         )
+        return self._submit(event, wait, timeout)
 
     def flush(self, timeout: float | None = None) -> FlushResult:
         """Block until every event queued so far (by any thread) is delivered, failed or dropped.
@@ -354,25 +351,15 @@ class Encharge:
 
     # -- calls -------------------------------------------------------------------------------
 
-    def _call(
-        self,
-        nowait: Callable[..., str],
-        method: Callable[..., Coroutine[Any, Any, str]],
-        args: tuple[Any, ...],
-        keywords: dict[str, Any],
-        wait: bool,
-        timeout: float | None,
-    ) -> str:
-        """Every event method: hand the event over (`nowait`, the async client's
-        `<method>_nowait`, validates it in this thread), or run the async `method` on the
-        client's loop when the call must block."""
+    def _submit(self, event: Entry, wait: bool, timeout: float | None) -> str:
+        """Every event method, once the event is built (validated) in the caller's thread:
+        hand it over to the client's loop, or, when the call must block (`wait=True`,
+        `overflow="block"`), submit it there and wait. Starts the client."""
         background = self._background
-        if self._config.disabled:  # validated in this thread; no thread, nothing sent
+        if self._disabled:  # validated; no thread, nothing sent
             if background.state is not LoopState.NEW:
                 raise ClientClosedError(f"the client is {background.state.value}; create a new one")
-            return nowait(background.client, *args, **keywords)
-        # Every call but the blocking ones (wait=True, overflow="block") validates its event
-        # here and hands it over to the client's loop, from any thread. Starts the client.
+            return event.message_id
         if (
             background.pid != os.getpid()
             or background.loop is None
@@ -384,12 +371,10 @@ class Encharge:
             if wait:
                 raise EventLoopError("wait=True cannot block the client's own thread (from a hook)")
         elif wait or self._blocks:
-            return self._block(
-                partial(method, background.client, *args, **keywords, wait=wait, timeout=timeout),
-                wait,
-                timeout,
-            )
-        return nowait(background.client, *args, **keywords)
+            submit = partial(background.lifecycle.submit, event, wait, timeout)
+            return self._block(submit, wait, timeout)
+        background.lifecycle.put_nowait(event)
+        return event.message_id
 
     def _block(
         self, submit: Callable[[], Coroutine[Any, Any, str]], wait: bool, timeout: float | None
