@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 
-from ._builders import build_alias, build_group, build_identify, build_track
 from ._config import Config
 from ._constants import (
     DEFAULT_MAX_CONCURRENCY,
@@ -38,7 +37,7 @@ from ._constants import (
 from ._events import Event
 from ._lifecycle import Lifecycle
 from ._pipeline import Pipeline
-from ._shaping import EventShaper
+from ._shaping import EventBuilders
 from ._spool import Spool
 from ._stats import FlushResult, Stats
 from ._types import (
@@ -142,12 +141,7 @@ class AsyncEncharge:
         self._config = config
         self._max_event_bytes = config.max_event_bytes
         self._never_blocks = config.never_blocks
-        shaper = EventShaper.for_config(config)
-        # The builders, or the shaper's (the same signatures): no cost without shaping.
-        self._build_track = build_track if shaper is None else shaper.track
-        self._build_identify = build_identify if shaper is None else shaper.identify
-        self._build_alias = build_alias if shaper is None else shaper.alias
-        self._build_group = build_group if shaper is None else shaper.group
+        self._build = EventBuilders(config)
         self._lifecycle = Lifecycle(config, self._attach)
 
     def _attach(self, pipeline: Pipeline) -> None:
@@ -225,7 +219,7 @@ class AsyncEncharge:
             DeliveryError: with `wait=True`, the event was refused or given up on.
             TimeoutError: with `wait=True`, no outcome within `timeout`.
         """
-        event = self._build_track(
+        event = self._build.track(
             name, email, user_id, user, properties, source_ip, self._max_event_bytes, message_id
         )
         if not wait and self._never_blocks:
@@ -247,7 +241,7 @@ class AsyncEncharge:
 
         Raises the same errors as `track`.
         """
-        event = self._build_identify(
+        event = self._build.identify(
             email=email,
             user_id=user_id,
             user=user,
@@ -275,7 +269,7 @@ class AsyncEncharge:
         It is delivered after everything queued before it for the previous identifiers, and
         before everything queued after it for the new ones. Raises the same errors as `track`.
         """
-        event = self._build_alias(
+        event = self._build.alias(
             previous_email=previous_email,
             previous_user_id=previous_user_id,
             email=email,
@@ -306,7 +300,7 @@ class AsyncEncharge:
         given by `email` / `user_id` / `user` is associated with it. Raises the same errors
         as `track`.
         """
-        event = self._build_group(
+        event = self._build.group(
             object_type,
             properties,
             email=email,
@@ -342,7 +336,7 @@ class AsyncEncharge:
             EventLoopError: called from a different event loop, or before the client was
                 started when no loop is running.
         """
-        event = self._build_track(
+        event = self._build.track(
             name, email, user_id, user, properties, source_ip, self._max_event_bytes, message_id
         )
         self._put(event)
@@ -357,7 +351,7 @@ class AsyncEncharge:
         message_id: str | None = None,
     ) -> str:
         """`identify` for plain functions; raises like `track_nowait`."""
-        event = self._build_identify(
+        event = self._build.identify(
             email=email,
             user_id=user_id,
             user=user,
@@ -377,7 +371,7 @@ class AsyncEncharge:
         message_id: str | None = None,
     ) -> str:
         """`alias` for plain functions; raises like `track_nowait`."""
-        event = self._build_alias(
+        event = self._build.alias(
             previous_email=previous_email,
             previous_user_id=previous_user_id,
             email=email,
@@ -399,7 +393,7 @@ class AsyncEncharge:
         message_id: str | None = None,
     ) -> str:
         """`group` for plain functions; raises like `track_nowait`."""
-        event = self._build_group(
+        event = self._build.group(
             object_type,
             properties,
             email=email,

@@ -19,7 +19,7 @@ from ._types import BeforeSend
 if TYPE_CHECKING:
     from ._config import Config
 
-__all__ = ["EventShaper"]
+__all__ = ["EventBuilders", "EventShaper"]
 
 _TOP_LEVEL = {
     "track": frozenset(("name", "user", "properties", "sourceIp")),
@@ -258,3 +258,18 @@ def _raw_person(
     if user_id is not None:
         person["userId"] = user_id
     return person
+
+
+class EventBuilders:
+    """The builders a client calls: `_builders`' functions, or an `EventShaper`'s methods
+    (the same signatures) when `before_send` or `default_properties` is set, so that a
+    client without shaping pays nothing for it. Chosen once, from the client's options."""
+
+    __slots__ = ("alias", "group", "identify", "track")
+
+    def __init__(self, config: Config) -> None:
+        shaper = EventShaper.for_config(config)
+        self.track = build_track if shaper is None else shaper.track
+        self.identify = build_identify if shaper is None else shaper.identify
+        self.alias = build_alias if shaper is None else shaper.alias
+        self.group = build_group if shaper is None else shaper.group

@@ -20,7 +20,6 @@ import httpx
 
 from . import _config
 from ._background import BackgroundLoop, LoopState
-from ._builders import build_alias, build_group, build_identify, build_track
 from ._config import Config
 from ._constants import (
     DEFAULT_BLOCK_TIMEOUT,
@@ -40,7 +39,7 @@ from ._constants import (
 )
 from ._events import Entry
 from ._exceptions import ClientClosedError, EventLoopError
-from ._shaping import EventShaper
+from ._shaping import EventBuilders
 from ._spool import Spool
 from ._stats import FlushResult, Stats
 from ._types import (
@@ -151,11 +150,7 @@ class Encharge:
         self._disabled = config.disabled
         self._max_event_bytes = config.max_event_bytes
         # Events are built (validated, shaped) in the caller's thread, as AsyncEncharge's are.
-        shaper = EventShaper.for_config(config)
-        self._build_track = build_track if shaper is None else shaper.track
-        self._build_identify = build_identify if shaper is None else shaper.identify
-        self._build_alias = build_alias if shaper is None else shaper.alias
-        self._build_group = build_group if shaper is None else shaper.group
+        self._build = EventBuilders(config)
         self._shutdown_timeout = self._config.shutdown_timeout
         # The bound AsyncEncharge puts on a wait=True call made without a timeout.
         self._wait_bound = self._config.wait_bound
@@ -225,7 +220,7 @@ class Encharge:
             EventLoopError: `wait=True` from a hook (it runs on the client's own thread),
                 or the background thread could not start.
         """
-        event = self._build_track(
+        event = self._build.track(
             name, email, user_id, user, properties, source_ip, self._max_event_bytes, message_id
         )
         return self._submit(event, wait, timeout)
@@ -244,7 +239,7 @@ class Encharge:
 
         Blocks and raises like `track`.
         """
-        event = self._build_identify(
+        event = self._build.identify(
             email=email,
             user_id=user_id,
             user=user,
@@ -268,7 +263,7 @@ class Encharge:
 
         Blocks and raises like `track`.
         """
-        event = self._build_alias(
+        event = self._build.alias(
             previous_email=previous_email,
             previous_user_id=previous_user_id,
             email=email,
@@ -294,7 +289,7 @@ class Encharge:
 
         Blocks and raises like `track`.
         """
-        event = self._build_group(
+        event = self._build.group(
             object_type,
             properties,
             email=email,
