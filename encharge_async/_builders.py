@@ -25,6 +25,7 @@ __all__ = [
     "build_identify",
     "build_track",
     "check_message_id",
+    "check_timeout",
     "describe",
     "entry_from_wire",
 ]
@@ -173,6 +174,16 @@ def check_message_id(message_id: object) -> None:
             f"message_id must be 1 to {MAX_MESSAGE_ID_CHARS} printable ASCII characters "
             f"without spaces, got {describe(message_id)}"
         )
+
+
+def check_timeout(timeout: object) -> None:
+    """A call's `timeout=`: None, or a number of seconds >= 0."""
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not timeout >= 0  # also refuses NaN
+    ):
+        raise ValidationError(f"timeout must be a number of seconds >= 0, got {describe(timeout)}")
 
 
 def build_track(

@@ -5,10 +5,11 @@ built by the client and every event read back from the spool gets its lanes from
 live and spooled events of one person always share their lanes.
 
 Each identifier (userId, email, group object) has a lane, named by 30 bits of the hash of
-its key: the events holding it that have not finished yet, oldest first. An event may be
-sent when it heads every lane it belongs to. The oldest unfinished event heads all of its
-lanes, so the scheme cannot deadlock, and events of different people never wait for each
-other (unless their keys' hashes collide, which only orders them).
+the identifier (without its key's tag): the events holding it that have not finished yet,
+oldest first. An event may be sent when it heads every lane it belongs to. The oldest
+unfinished event heads all of its lanes, so the scheme cannot deadlock, and events of
+different people never wait for each other (unless their identifiers' hashes collide, or
+one person's userId is spelled like another's email: that only orders them).
 """
 
 from __future__ import annotations

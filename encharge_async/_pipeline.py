@@ -18,11 +18,12 @@ from collections.abc import Callable
 
 import anyio
 
+from ._builders import check_timeout
 from ._config import Config
 from ._constants import ADAPTIVE_INITIAL_LIMIT, DEFAULT_BLOCK_TIMEOUT, TRANSPORT_CLOSE_TIMEOUT
 from ._dispatcher import Dispatcher
 from ._events import FILTERED, Entry, Waiter
-from ._exceptions import ConfigurationError, DeliveryError, ValidationError
+from ._exceptions import ConfigurationError, DeliveryError
 from ._intake import DisabledIntake, Intake, ShapedIntake
 from ._ledger import Ledger
 from ._queue import DeliveryQueue
@@ -267,12 +268,7 @@ class Pipeline:
             TimeoutError: with `wait`, no outcome within the bound; in always mode, the
                 disk did not take the event in time.
         """
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or not timeout >= 0  # also refuses NaN
-        ):
-            raise ValidationError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        check_timeout(timeout)
         config = self._config
         if entry.state == FILTERED:  # before_send said no: counted, never queued
             self.intake.put_nowait(entry)

@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._builders import build_alias, build_group, build_identify, build_track, describe
+from ._builders import (
+    build_alias,
+    build_group,
+    build_identify,
+    build_track,
+    check_message_id,
+    describe,
+)
 from ._events import FILTERED, Entry
 from ._exceptions import ValidationError
 from ._types import BeforeSend
@@ -180,6 +187,8 @@ class EventShaper:
         try:
             shaped = self._call_hook(wire)
         except _Filtered:
+            if message_id is not None:  # the call returns it: checked like any other
+                check_message_id(message_id)
             entry = Entry(str(wire.get("name") or wire.get("type")), b"", (), message_id)
             entry.state = FILTERED
             return entry

@@ -20,6 +20,7 @@ import httpx
 
 from . import _config
 from ._background import BackgroundLoop, LoopState
+from ._builders import check_timeout
 from ._config import Config
 from ._constants import (
     DEFAULT_BLOCK_TIMEOUT,
@@ -366,6 +367,7 @@ class Encharge:
             if wait:
                 raise EventLoopError("wait=True cannot block the client's own thread (from a hook)")
         elif wait or self._blocks:
+            check_timeout(timeout)  # here: it bounds this thread's wait too
             submit = partial(background.lifecycle.submit, event, wait, timeout)
             return self._block(submit, wait, timeout)
         background.lifecycle.put_nowait(event)
@@ -374,7 +376,8 @@ class Encharge:
     def _block(
         self, submit: Callable[[], Coroutine[Any, Any, str]], wait: bool, timeout: float | None
     ) -> str:
-        """Run the async method on the client's loop; block until it returns."""
+        """Run `submit()` (the event's submission) on the client's loop; block until it
+        returns."""
         loop = self._background.running_loop()
         bound = 0.0
         if self._blocks:

@@ -222,3 +222,14 @@ async def test_the_fakes_apply_the_same_options() -> None:
         await encharge.track("Internal", user_id="1")
         await encharge.assert_tracked("Paid", properties={"app": "web", "card": "<redacted>"})
         await encharge.assert_not_tracked("Internal")
+
+
+async def test_a_filtered_event_still_checks_the_callers_message_id(
+    make_client: ClientFactory,
+) -> None:
+    async with make_client(before_send=lambda event: None) as client:
+        for bad in (123, "has space", ""):
+            with pytest.raises(ValidationError, match="message_id must be"):
+                await client.track("E", user_id="1", message_id=bad)  # type: ignore[arg-type]
+        assert await client.track("E", user_id="1", message_id="mine-1") == "mine-1"
+    assert client.stats.filtered == 1

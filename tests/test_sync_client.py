@@ -729,3 +729,14 @@ async def test_a_fork_waits_for_a_client_that_is_starting(
         assert client.stats.delivered == 1
         names = sorted(str(record.name) for record in emulator.events)
     assert names == ["child", "parent"]
+
+
+@pytest.mark.parametrize("timeout", [-10, "5", float("nan"), True])
+def test_a_blocking_call_checks_its_timeout_in_the_callers_thread(
+    make: Make, recorder: EnchargeRecorder, timeout: Any
+) -> None:
+    client = make()
+    with pytest.raises(ValidationError, match="timeout must be a number of seconds >= 0"):
+        client.track("E", user_id="1", wait=True, timeout=timeout)
+    assert client.flush(timeout=5).delivered == 0
+    assert recorder.requests == []
