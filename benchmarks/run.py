@@ -215,12 +215,29 @@ def _caller_cost(plan: Plan, runner: Runner) -> dict[str, Any]:
         )
 
 
-def find_venvs(pythons: Sequence[str], root: Path = PROJECT_ROOT) -> dict[str, Path | None]:
-    """`root/.venv-X/bin/python` for each version X in `pythons`, None where there is none."""
+_RUNNING = (f"{sys.version_info.major}.{sys.version_info.minor}", Path(sys.executable))
+
+
+def find_venvs(
+    pythons: Sequence[str],
+    root: Path = PROJECT_ROOT,
+    *,
+    running: tuple[str, Path] | None = _RUNNING,
+) -> dict[str, Path | None]:
+    """`root/.venv-X/bin/python` for each version X in `pythons`, None where there is none.
+
+    The `running` interpreter (version, path) stands in for its own version when there is no
+    `.venv-X` for it: `make bench` runs in `.venv`, which `make test-all` does not rebuild.
+    """
     found: dict[str, Path | None] = {}
     for version in pythons:
         python = root / f".venv-{version}" / "bin" / "python"
-        found[version] = python if python.exists() else None
+        if python.exists():
+            found[version] = python
+        elif running is not None and running[0] == version:
+            found[version] = running[1]
+        else:
+            found[version] = None
     return found
 
 

@@ -100,7 +100,16 @@ def test_find_venvs(tmp_path: Path) -> None:
     python = tmp_path / ".venv-3.12" / "bin" / "python"
     python.parent.mkdir(parents=True)
     python.touch()
-    assert run.find_venvs(("3.11", "3.12"), tmp_path) == {"3.11": None, "3.12": python}
+    assert run.find_venvs(("3.11", "3.12"), tmp_path, running=None) == {
+        "3.11": None,
+        "3.12": python,
+    }
+    # The interpreter running the benchmarks stands in for its own version, not for others.
+    running = tmp_path / "python"
+    assert run.find_venvs(("3.11", "3.12"), tmp_path, running=("3.11", running)) == {
+        "3.11": running,
+        "3.12": python,
+    }
 
 
 @pytest.mark.slow
