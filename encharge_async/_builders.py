@@ -9,6 +9,7 @@ A new kind of event is a new builder here plus its public methods (docs/design.m
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -177,13 +178,16 @@ def check_message_id(message_id: object) -> None:
 
 
 def check_timeout(timeout: object) -> None:
-    """A call's `timeout=`: None, or a number of seconds >= 0."""
+    """A call's `timeout=`: None, or a finite number of seconds >= 0 (every wait has a
+    bound; a thread cannot wait longer than `threading.TIMEOUT_MAX` anyway)."""
     if timeout is not None and (
         isinstance(timeout, bool)
         or not isinstance(timeout, (int, float))
-        or not timeout >= 0  # also refuses NaN
+        or not 0 <= timeout < math.inf  # also refuses NaN
     ):
-        raise ValidationError(f"timeout must be a number of seconds >= 0, got {describe(timeout)}")
+        raise ValidationError(
+            f"timeout must be a finite number of seconds >= 0, got {describe(timeout)}"
+        )
 
 
 def build_track(

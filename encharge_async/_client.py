@@ -412,6 +412,7 @@ class AsyncEncharge:
         (default: `shutdown_timeout`) ran out. Events enqueued meanwhile are not waited for.
 
         Raises:
+            ValidationError: `timeout` is not a finite number of seconds >= 0.
             EventLoopError: called from an event loop other than the client's.
         """
         return await self._lifecycle.flush(timeout)
@@ -427,6 +428,7 @@ class AsyncEncharge:
         On a client whose event loop has ended, it only marks the client closed.
 
         Raises:
+            ValidationError: `timeout` is not a finite number of seconds >= 0.
             EventLoopError: called from an event loop other than the client's.
         """
         return await self._lifecycle.aclose(timeout)

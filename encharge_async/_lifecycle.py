@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import anyio
 
-from . import _config
+from ._builders import check_timeout
 from ._config import Config
 from ._constants import TRANSPORT_CLOSE_TIMEOUT
 from ._events import Entry
@@ -125,6 +125,7 @@ class Lifecycle:
 
     async def flush(self, timeout: float | None) -> FlushResult:
         """`AsyncEncharge.flush`."""
+        check_timeout(timeout)
         if self.state is ClientState.UNOPENED or self.state is ClientState.CLOSED:
             await anyio.lowlevel.checkpoint()
             return FlushResult()
@@ -137,11 +138,8 @@ class Lifecycle:
 
     async def aclose(self, timeout: float | None = None) -> FlushResult:
         """`AsyncEncharge.aclose`."""
-        bound = (
-            self._config.shutdown_timeout
-            if timeout is None
-            else _config.check_seconds("timeout", timeout, allow_zero=True)
-        )
+        check_timeout(timeout)
+        bound = self._config.shutdown_timeout if timeout is None else timeout
         if self.state is ClientState.CLOSED:
             return self._close_result or FlushResult()
         if self.state is ClientState.UNOPENED:

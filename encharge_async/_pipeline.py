@@ -282,11 +282,21 @@ class Pipeline:
             self.intake.put_nowait(entry)
         if self.spooler is not None and entry.spooled and config.spool_always:
             # Durable before returning: wait for the writer's commit of this event's batch.
-            with anyio.fail_after(bound):
+            with anyio.move_on_after(bound) as scope:
                 await self.spooler.commit_of(entry).wait()
+            if scope.cancelled_caught:
+                raise TimeoutError(
+                    f"event {entry.message_id} was not on disk within {bound:g}s (it stays queued)"
+                )
         if entry.waiter is not None:
-            with anyio.fail_after(config.wait_bound if timeout is None else timeout):
+            bound = config.wait_bound if timeout is None else timeout
+            with anyio.move_on_after(bound) as scope:
                 await entry.waiter.done.wait()
+            if scope.cancelled_caught:
+                raise TimeoutError(
+                    f"no outcome for event {entry.message_id} within {bound:g}s (it stays "
+                    "queued; on_delivered / on_error report it)"
+                )
             if entry.waiter.error is not None:
                 raise entry.waiter.error
         return entry.message_id

@@ -308,9 +308,11 @@ class Encharge:
         (default: `shutdown_timeout`) ran out.
 
         Raises:
+            ValidationError: `timeout` is not a finite number of seconds >= 0.
             EventLoopError: called from a hook (it runs on the client's own thread).
             TimeoutError: the background thread did not answer (a bug, or a stuck hook).
         """
+        check_timeout(timeout)
         background = self._background
         background.check_fork()
         loop = background.loop
@@ -334,10 +336,12 @@ class Encharge:
         return the same result.
 
         Raises:
+            ValidationError: `timeout` is not a finite number of seconds >= 0.
             EventLoopError: called from a hook (it runs on the client's own thread).
             TimeoutError: the background thread did not finish in time (a bug, or a stuck
                 hook).
         """
+        check_timeout(timeout)  # here: a bad one must not leave the client half-closed
         background = self._background
         background.check_fork()
         if background.on_own_thread():

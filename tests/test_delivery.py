@@ -14,7 +14,7 @@ import respx
 import tenacity
 
 import encharge_async
-from encharge_async import DeliveryError, Event
+from encharge_async import DeliveryError, Event, ValidationError
 from encharge_async.testing import EnchargeRecorder
 
 from .conftest import ENDPOINT, WRITE_KEY, ClientFactory, Recorder, wait_until
@@ -367,3 +367,25 @@ async def test_logs_are_quiet_by_default_and_never_hold_payloads(
     assert record.levelno == logging.DEBUG
     assert record.status == 500  # type: ignore[attr-defined]
     assert record.attempt == 3  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("timeout", [-1, "x", float("nan"), float("inf")])
+async def test_bad_flush_and_aclose_timeouts_are_validation_errors(
+    make_client: ClientFactory, timeout: Any
+) -> None:
+    async with make_client() as client:
+        await client.track("E", user_id="1")
+        with pytest.raises(ValidationError, match="timeout must be a finite number"):
+            await client.flush(timeout=timeout)
+        with pytest.raises(ValidationError, match="timeout must be a finite number"):
+            await client.aclose(timeout=timeout)
+        assert (await client.flush(timeout=5)).delivered == 1
+
+
+async def test_wait_timeout_says_what_timed_out(
+    make_client: ClientFactory, held: EnchargeRecorder
+) -> None:
+    async with make_client(transport=held) as client:
+        with pytest.raises(TimeoutError, match=r"no outcome for event \S+ within 0s"):
+            await client.track("E", user_id="1", wait=True, timeout=0)
+        held.release()

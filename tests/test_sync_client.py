@@ -731,12 +731,31 @@ async def test_a_fork_waits_for_a_client_that_is_starting(
     assert names == ["child", "parent"]
 
 
-@pytest.mark.parametrize("timeout", [-10, "5", float("nan"), True])
+@pytest.mark.parametrize("timeout", [-10, "5", float("nan"), float("inf"), True])
 def test_a_blocking_call_checks_its_timeout_in_the_callers_thread(
     make: Make, recorder: EnchargeRecorder, timeout: Any
 ) -> None:
     client = make()
-    with pytest.raises(ValidationError, match="timeout must be a number of seconds >= 0"):
+    with pytest.raises(ValidationError, match="timeout must be a finite number of seconds >= 0"):
         client.track("E", user_id="1", wait=True, timeout=timeout)
     assert client.flush(timeout=5).delivered == 0
     assert recorder.requests == []
+
+
+@pytest.mark.parametrize("timeout", [-1, "x", float("nan"), float("inf")])
+def test_a_bad_close_or_flush_timeout_raises_and_loses_nothing(
+    make: Make, recorder: EnchargeRecorder, timeout: Any
+) -> None:
+    """Found by a trial run: a bad close() timeout used to stop the loop half-way, its
+    events stranded in flight for good."""
+    client = make()
+    for i in range(5):
+        client.track("E", user_id=str(i))
+    with pytest.raises(ValidationError, match="timeout must be a finite number"):
+        client.flush(timeout=timeout)
+    with pytest.raises(ValidationError, match="timeout must be a finite number"):
+        client.close(timeout=timeout)
+    client.close(timeout=5)
+    stats = client.stats
+    assert (stats.delivered, stats.queued, stats.in_flight) == (5, 0, 0)
+    assert len(recorder.requests) == 5
