@@ -135,9 +135,10 @@ def test_send_identify_alias_group(emu: Emulator) -> None:
     assert [t for t, _ in person.objects] == ["company"]
 
 
-def test_send_refused_prints_the_error_plainly(
+def test_send_with_a_refused_key_could_not_run(
     emu: Emulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Not the event's fault: exit status 2 and one line on stderr, as docs/cli.md says."""
     status = main(
         [
             "send",
@@ -152,9 +153,30 @@ def test_send_refused_prints_the_error_plainly(
         ]
     )
     err = capsys.readouterr().err
-    assert status == 1
-    assert "HTTP 401" in err
+    assert status == 2
+    assert err.count("\n") == 1
+    assert "refused the write key (HTTP 401)" in err
     assert "wrong-key-xyz" not in err
+
+
+def test_send_to_an_unreachable_endpoint_could_not_run(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(
+        [
+            "send",
+            "track",
+            "E",
+            "--user-id",
+            "1",
+            "--write-key",
+            "k",
+            "--endpoint",
+            "http://127.0.0.1:9/v1/",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1
+    assert err.startswith("error: could not deliver to Encharge")
 
 
 @pytest.mark.parametrize(

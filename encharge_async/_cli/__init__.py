@@ -56,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+    elif getattr(args, "handler_reports_outcomes", False):
+        # `send` and `import` say what became of the events in their own words (one line,
+        # counters): the client's own warnings would repeat them (they show with -v).
+        logging.getLogger("encharge_async").addHandler(logging.NullHandler())
     try:
         status: int = args.handler(args)
     except KeyboardInterrupt:

@@ -33,6 +33,7 @@ from ._options import (
     EXIT_USAGE,
     add_client_options,
     add_verbose,
+    cannot_go_on,
     client_kwargs,
     int_at_least,
     seconds,
@@ -43,11 +44,6 @@ from ._text import one_line, path_text
 
 __all__ = ["add_import_parser"]
 
-# Refusals that are the line's own fault (its content): dead-lettered. Any other 4xx (a
-# wrong --endpoint answers 404, a proxy 407...) would refuse every line alike: it stops the
-# import, like a refused key (401/403) or an unreachable Encharge (no answer, 5xx, 429).
-_THE_LINES_FAULT = frozenset({400, 409, 413, 422})
-_KEY_REFUSED = frozenset({401, 403})
 _ENQUEUE_WAIT = 0.5  # seconds between checks for Ctrl-C while the queue is full
 
 
@@ -122,7 +118,7 @@ def add_import_parser(subparsers: Any) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     add_client_options(parser)
     add_verbose(parser, "verbose_import")
-    parser.set_defaults(handler=run_import)
+    parser.set_defaults(handler=run_import, handler_reports_outcomes=True)
 
 
 class _DeadLetter:
@@ -223,21 +219,11 @@ class _Import:
         call = self.pending.pop(error.message_id, None)
         if call is None:
             return
-        status = error.status
-        if status in _THE_LINES_FAULT:
+        reason = cannot_go_on(error)
+        if reason is None:  # the line's own fault
             self.dead_letter(call.line, one_line(str(error)), call.record)
-        elif status in _KEY_REFUSED:
-            self._stop_early(
-                f"Encharge refused the write key (HTTP {status}); check --write-key-file, "
-                "$ENCHARGE_WRITE_KEY or --write-key"
-            )
-        elif status is not None and status < 500 and status not in (408, 429):
-            self._stop_early(
-                f"Encharge answered HTTP {status} ({one_line(error.reason, 120)}), which is "
-                "not about the line itself; check --endpoint"
-            )
         else:
-            self._stop_early(f"could not deliver to Encharge: {one_line(error.reason, 120)}")
+            self._stop_early(reason)
 
     def on_drop(self, event: Event, reason: DropReason) -> None:
         # An interrupted or stopped shutdown drops here: the line stays undone and is resent

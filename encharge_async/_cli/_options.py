@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .._constants import DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT, ENDPOINT_ENV, WRITE_KEY_ENV
-from .._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError, DeliveryError
 from .._text import quote
 from ._text import one_line
 
@@ -22,6 +22,7 @@ __all__ = [
     "add_client_options",
     "add_key_options",
     "add_verbose",
+    "cannot_go_on",
     "client_kwargs",
     "fraction",
     "int_at_least",
@@ -37,6 +38,30 @@ __all__ = [
 EXIT_FAILED = 1  # it ran, but something was refused or dead-lettered
 EXIT_USAGE = 2  # it could not run: bad option, unusable file, key refused, unreachable
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM
+
+# Refusals that are the event's own fault (its content). Any other 4xx (a wrong --endpoint
+# answers 404, a proxy 407...) would refuse every event alike, as would a refused key
+# (401/403) or an unreachable Encharge (no answer, 5xx, 429): the command cannot do its job.
+_THE_EVENTS_FAULT = frozenset({400, 409, 413, 422})
+
+
+def cannot_go_on(error: DeliveryError) -> str | None:
+    """Why no event can be delivered, judged from one that was not (a one-line message);
+    None when the refusal was about the event itself."""
+    status = error.status
+    if status in _THE_EVENTS_FAULT:
+        return None
+    if status == 401 or status == 403:
+        return (
+            f"Encharge refused the write key (HTTP {status}); check --write-key-file, "
+            "$ENCHARGE_WRITE_KEY or --write-key"
+        )
+    if status is not None and status < 500 and status not in (408, 429):
+        return (
+            f"Encharge answered HTTP {status} ({one_line(error.reason, 120)}), which is "
+            "not about the event itself; check --endpoint"
+        )
+    return f"could not deliver to Encharge: {one_line(error.reason, 120)}"
 
 
 class CliParser(argparse.ArgumentParser):

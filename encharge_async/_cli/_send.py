@@ -15,6 +15,7 @@ from ._options import (
     EXIT_USAGE,
     add_client_options,
     add_verbose,
+    cannot_go_on,
     client_kwargs,
     parse_assignments,
 )
@@ -30,7 +31,8 @@ def add_send_parser(subparsers: Any) -> None:
         "send",
         help="send one event and wait until Encharge accepts it",
         description="Send one event and wait for Encharge's answer. Exit status: 0 accepted, "
-        "1 refused by Encharge, 2 bad input or configuration.",
+        "1 Encharge refused the event itself, 2 could not send it (bad input or "
+        "configuration, a refused write key, a wrong endpoint, Encharge unreachable).",
     )
     add_verbose(send, "verbose_send")
     kinds = send.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -102,7 +104,7 @@ def add_send_parser(subparsers: Any) -> None:
         # One event, one request: a --concurrency would mean nothing here.
         add_client_options(parser, concurrency=False)
         add_verbose(parser, "verbose_kind")
-        parser.set_defaults(handler=run_send)
+        parser.set_defaults(handler=run_send, handler_reports_outcomes=True)
 
 
 def _call(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -143,6 +145,10 @@ def run_send(args: argparse.Namespace) -> int:
     try:
         message_id = anyio.run(send)
     except DeliveryError as exc:
+        reason = cannot_go_on(exc)
+        if reason is not None:  # not the event's fault: the command could not do its job
+            print(f"error: {reason}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except (EnchargeError, TimeoutError) as exc:
