@@ -184,15 +184,21 @@ class EventShaper:
         A filtered event is an entry in the FILTERED state: the intake counts it and lets
         it go (the call still returns a message id).
         """
+        if message_id is not None:  # the caller's, whatever the hook does: checked first
+            check_message_id(message_id)
         try:
             shaped = self._call_hook(wire)
         except _Filtered:
-            if message_id is not None:  # the call returns it: checked like any other
-                check_message_id(message_id)
             entry = Entry(str(wire.get("name") or wire.get("type")), b"", (), message_id)
             entry.state = FILTERED
             return entry
-        return self._from_wire(shaped, message_id)
+        try:
+            return self._from_wire(shaped, message_id)
+        except ValidationError as exc:
+            if str(exc).startswith("before_send"):
+                raise
+            # Say whose event it is: the caller's was valid, the hook's result is not.
+            raise ValidationError(f"the event before_send returned cannot be sent: {exc}") from exc
 
     def _from_wire(self, wire: dict[str, Any], message_id: str | None) -> Entry:
         """Validate and build what `before_send` returned, with the builders."""

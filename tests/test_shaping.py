@@ -65,9 +65,10 @@ async def test_before_send_result_is_validated(make_client: ClientFactory) -> No
         return {"name": event["name"], "user": {"firstName": "Jon"}}
 
     async with make_client(before_send=drop_identifiers) as client:
-        with pytest.raises(ValidationError, match="needs an email or a user_id"):
+        hook_said = "the event before_send returned cannot be sent: .*needs an email or a user_id"
+        with pytest.raises(ValidationError, match=hook_said):
             await client.track("E", user_id="1")
-        with pytest.raises(ValidationError, match="needs an email or a user_id"):
+        with pytest.raises(ValidationError, match=hook_said):
             client.track_nowait("E", user_id="1")
     assert client.stats.enqueued == 0
 
