@@ -222,7 +222,7 @@ class AsyncEncharge:
         event = self._build.track(
             name, email, user_id, user, properties, source_ip, self._max_event_bytes, message_id
         )
-        if not wait and self._never_blocks:
+        if not wait and self._never_blocks and timeout is None:
             self._put(event)  # the common case, without a second coroutine
             return event.message_id
         return await self._lifecycle.submit(event, wait, timeout)
@@ -248,7 +248,7 @@ class AsyncEncharge:
             max_bytes=self._max_event_bytes,
             message_id=message_id,
         )
-        if not wait and self._never_blocks:
+        if not wait and self._never_blocks and timeout is None:
             self._put(event)  # the common case, without a second coroutine
             return event.message_id
         return await self._lifecycle.submit(event, wait, timeout)
@@ -277,7 +277,7 @@ class AsyncEncharge:
             max_bytes=self._max_event_bytes,
             message_id=message_id,
         )
-        if not wait and self._never_blocks:
+        if not wait and self._never_blocks and timeout is None:
             self._put(event)  # the common case, without a second coroutine
             return event.message_id
         return await self._lifecycle.submit(event, wait, timeout)
@@ -309,7 +309,7 @@ class AsyncEncharge:
             max_bytes=self._max_event_bytes,
             message_id=message_id,
         )
-        if not wait and self._never_blocks:
+        if not wait and self._never_blocks and timeout is None:
             self._put(event)  # the common case, without a second coroutine
             return event.message_id
         return await self._lifecycle.submit(event, wait, timeout)

@@ -374,6 +374,8 @@ class Encharge:
             check_timeout(timeout)  # here: it bounds this thread's wait too
             submit = partial(background.lifecycle.submit, event, wait, timeout)
             return self._block(submit, wait, timeout)
+        if timeout is not None:  # unused here, but a bad one is the caller's bug
+            check_timeout(timeout)
         background.lifecycle.put_nowait(event)
         return event.message_id
 

@@ -389,3 +389,14 @@ async def test_wait_timeout_says_what_timed_out(
         with pytest.raises(TimeoutError, match=r"no outcome for event \S+ within 0s"):
             await client.track("E", user_id="1", wait=True, timeout=0)
         held.release()
+
+
+async def test_a_timeout_is_checked_even_when_the_call_does_not_wait(
+    make_client: ClientFactory, recorder: Recorder
+) -> None:
+    async with make_client() as client:
+        with pytest.raises(ValidationError, match="timeout must be a finite number"):
+            await client.track("E", user_id="1", timeout=-1)
+        assert await client.track("E", user_id="2", timeout=5)
+        assert (await client.flush(timeout=5)).delivered == 1
+    assert len(recorder.requests) == 1

@@ -759,3 +759,15 @@ def test_a_bad_close_or_flush_timeout_raises_and_loses_nothing(
     stats = client.stats
     assert (stats.delivered, stats.queued, stats.in_flight) == (5, 0, 0)
     assert len(recorder.requests) == 5
+
+
+def test_a_timeout_is_checked_even_when_the_call_does_not_block(
+    make: Make, recorder: EnchargeRecorder
+) -> None:
+    client = make()
+    with pytest.raises(ValidationError, match="timeout must be a finite number"):
+        client.track("E", user_id="1", timeout=-1)
+    assert client.track("E", user_id="2", timeout=5)
+    client.close(timeout=5)
+    assert client.stats.delivered == 1
+    assert len(recorder.requests) == 1
