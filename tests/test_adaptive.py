@@ -23,6 +23,7 @@ def anyio_backend() -> str:
     return "asyncio"  # the emulator and the counting server run on asyncio
 
 
+@pytest.mark.slow
 async def test_the_limit_starts_at_its_initial_value_and_is_in_stats() -> None:
     async with Emulator(write_key=WRITE_KEY) as emulator:
         async with AsyncEncharge(WRITE_KEY, endpoint=emulator.url) as client:

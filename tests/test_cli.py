@@ -64,6 +64,7 @@ def cli(emu: Emulator, *args: str) -> list[str]:
     return [*args, "--write-key", KEY, "--endpoint", emu.url]
 
 
+@pytest.mark.slow
 def test_send_track(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
     status = main(
         cli(
@@ -98,6 +99,7 @@ def test_send_track(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
     assert KEY not in out.out + out.err
 
 
+@pytest.mark.slow
 def test_send_identify_alias_group(emu: Emulator) -> None:
     assert main(cli(emu, "send", "identify", "--email", "a@example.com", "--user", "tags=vip")) == 0
     assert (
@@ -135,6 +137,7 @@ def test_send_identify_alias_group(emu: Emulator) -> None:
     assert [t for t, _ in person.objects] == ["company"]
 
 
+@pytest.mark.slow
 def test_send_with_a_refused_key_could_not_run(
     emu: Emulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -159,6 +162,7 @@ def test_send_with_a_refused_key_could_not_run(
     assert "wrong-key-xyz" not in err
 
 
+@pytest.mark.slow
 def test_send_to_an_unreachable_endpoint_could_not_run(capsys: pytest.CaptureFixture[str]) -> None:
     status = main(
         [
@@ -187,6 +191,7 @@ def test_send_to_an_unreachable_endpoint_could_not_run(capsys: pytest.CaptureFix
         (["send", "alias", "--email", "x@example.com"], "alias needs --previous-email"),
     ],
 )
+@pytest.mark.slow
 def test_send_bad_input(
     emu: Emulator, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
@@ -217,6 +222,7 @@ def write_lines(path: Path, lines: list[Any]) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_import_jsonl_with_broken_lines(
     emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -275,6 +281,7 @@ def test_import_jsonl_with_broken_lines(
     assert len(emu.events) == 6
 
 
+@pytest.mark.slow
 def test_import_csv(emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "people.csv"
     source.write_text(
@@ -298,6 +305,7 @@ def test_import_csv(emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture
     assert "people.csv:4: dead-lettered: expected 6 columns, got 3" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_import_dead_letters_server_refusals(tmp_path: Path) -> None:
     with EmulatorThread(max_body_bytes=300) as emu:
         source = write_lines(
@@ -317,6 +325,7 @@ def test_import_dead_letters_server_refusals(tmp_path: Path) -> None:
         assert [e.name for e in emu.events] == ["Small"]
 
 
+@pytest.mark.slow
 def test_import_checkpoint_of_another_file(
     emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

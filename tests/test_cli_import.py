@@ -61,6 +61,7 @@ def closed_port_url() -> str:
 # -- nothing lost --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_refused_key_stops_the_import_and_the_rerun_delivers_everything(
     emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -81,6 +82,7 @@ def test_a_refused_key_stops_the_import_and_the_rerun_delivers_everything(
     assert len({e.idempotency_key for e in emu.events}) == 50
 
 
+@pytest.mark.slow
 def test_an_unreachable_endpoint_stops_the_import_and_the_rerun_delivers_everything(
     emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -95,6 +97,7 @@ def test_an_unreachable_endpoint_stops_the_import_and_the_rerun_delivers_everyth
     assert len(emu.events) == 20
 
 
+@pytest.mark.slow
 def test_a_wrong_endpoint_path_stops_the_import_instead_of_dead_lettering(
     emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -109,6 +112,7 @@ def test_a_wrong_endpoint_path_stops_the_import_instead_of_dead_lettering(
     assert len(emu.events) == 10
 
 
+@pytest.mark.slow
 def test_dead_letter_files_replay_and_restart_starts_a_fresh_one(tmp_path: Path) -> None:
     source = write_lines(
         tmp_path / "e.jsonl",
@@ -138,6 +142,7 @@ def test_dead_letter_files_replay_and_restart_starts_a_fresh_one(tmp_path: Path)
         assert big.events[1].body["user"] == {"userId": "3"}
 
 
+@pytest.mark.slow
 def test_a_fresh_run_truncates_an_old_dead_letter_file(emu: Emulator, tmp_path: Path) -> None:
     source = steps(tmp_path / "e.jsonl", 3)
     dead_file = tmp_path / "e.jsonl.dead-letter.jsonl"
@@ -146,6 +151,7 @@ def test_a_fresh_run_truncates_an_old_dead_letter_file(emu: Emulator, tmp_path: 
     assert not dead_file.exists()
 
 
+@pytest.mark.slow
 def test_nan_and_infinity_are_dead_lettered_as_valid_json(emu: Emulator, tmp_path: Path) -> None:
     source = write_lines(
         tmp_path / "e.jsonl",
@@ -163,6 +169,7 @@ def test_nan_and_infinity_are_dead_lettered_as_valid_json(emu: Emulator, tmp_pat
     assert [e.name for e in emu.events] == ["C"]
 
 
+@pytest.mark.slow
 def test_a_replayed_unreadable_line_says_what_to_do(
     emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -177,6 +184,7 @@ def test_a_replayed_unreadable_line_says_what_to_do(
 # -- no line can crash it ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bad_lines_of_every_kind_are_dead_lettered_and_the_rest_delivered(
     emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -223,6 +231,7 @@ def test_bad_lines_of_every_kind_are_dead_lettered_and_the_rest_delivered(
         assert len(line) < 400  # reasons are shortened, never the whole line
 
 
+@pytest.mark.slow
 def test_an_oversized_line_is_dead_lettered_by_reference(
     emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -293,6 +302,7 @@ def writer_csv(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("write", [excel_csv, sheets_csv, writer_csv])
 def test_csv_files_as_spreadsheets_write_them(
     emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str], write: Any
@@ -324,6 +334,7 @@ def test_csv_files_as_spreadsheets_write_them(
     "header",
     ["email", "Email", "E-mail", "EMAIL ADDRESS", "user_id", "User ID", "userId", "USERID"],
 )
+@pytest.mark.slow
 def test_csv_identifying_columns_are_matched_loosely(
     emu: Emulator, tmp_path: Path, header: str
 ) -> None:
@@ -336,6 +347,7 @@ def test_csv_identifying_columns_are_matched_loosely(
     assert event.body["user"]["plan"] == "Pro"
 
 
+@pytest.mark.slow
 def test_a_csv_header_without_an_identifier_fails_at_once(
     emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -349,6 +361,7 @@ def test_a_csv_header_without_an_identifier_fails_at_once(
     assert not (tmp_path / "p.csv.checkpoint").exists()
 
 
+@pytest.mark.slow
 def test_csv_delimiter_override_and_tabs(emu: Emulator, tmp_path: Path) -> None:
     piped = tmp_path / "p.csv"
     piped.write_text("email|plan\na@example.com|Pro, yearly\n")
@@ -359,6 +372,7 @@ def test_csv_delimiter_override_and_tabs(emu: Emulator, tmp_path: Path) -> None:
     assert [e.body["user"]["plan"] for e in emu.events] == ["Pro, yearly", "Free; for now"]
 
 
+@pytest.mark.slow
 def test_csv_huge_cells_invalid_bytes_and_unclosed_quotes_never_crash(
     emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -395,6 +409,7 @@ def test_csv_huge_cells_invalid_bytes_and_unclosed_quotes_never_crash(
 # -- the files beside the import -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_checkpoint_and_dead_letter_files_are_private(emu: Emulator, tmp_path: Path) -> None:
     source = write_lines(tmp_path / "e.jsonl", ["{bad", {"name": "A", "user": {"userId": "1"}}])
     old = os.umask(0o022)
@@ -406,6 +421,7 @@ def test_checkpoint_and_dead_letter_files_are_private(emu: Emulator, tmp_path: P
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["--checkpoint", "--dead-letter"])
 def test_a_symlink_in_place_of_a_file_is_refused(
     emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str], which: str
@@ -425,6 +441,7 @@ def test_a_symlink_in_place_of_a_file_is_refused(
 # -- counters ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_progress_and_summary_share_their_counters(
     emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -441,6 +458,7 @@ def test_progress_and_summary_share_their_counters(
     assert summary(out, "dead-lettered") == 1
 
 
+@pytest.mark.slow
 def test_exit_statuses_in_a_real_process(emu: Emulator, tmp_path: Path) -> None:
     """The documented statuses, as a shell script sees them."""
     source = write_lines(tmp_path / "e.jsonl", ["{bad", {"name": "A", "user": {"userId": "1"}}])
@@ -465,6 +483,7 @@ def test_exit_statuses_in_a_real_process(emu: Emulator, tmp_path: Path) -> None:
     assert missing.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_a_record_with_a_lone_surrogate_is_dead_lettered_as_valid_json(
     emu: Emulator, tmp_path: Path
 ) -> None:
@@ -481,6 +500,7 @@ def test_a_record_with_a_lone_surrogate_is_dead_lettered_as_valid_json(
     assert [e.name for e in emu.events] == ["Ok"]
 
 
+@pytest.mark.slow
 def test_a_torn_checkpoint_line_is_not_counted(emu: Emulator, tmp_path: Path) -> None:
     source = steps(tmp_path / "e.jsonl", 3)
     assert main(cli(emu, "import", str(source), "--quiet")) == 0
@@ -492,6 +512,7 @@ def test_a_torn_checkpoint_line_is_not_counted(emu: Emulator, tmp_path: Path) ->
     assert emu.events[-1].idempotency_key == emu.events[2].idempotency_key
 
 
+@pytest.mark.slow
 def test_a_checkpoint_left_readable_by_others_is_tightened(emu: Emulator, tmp_path: Path) -> None:
     source = steps(tmp_path / "e.jsonl", 2)
     assert main(cli(emu, "import", str(source), "--quiet")) == 0
@@ -501,6 +522,7 @@ def test_a_checkpoint_left_readable_by_others_is_tightened(emu: Emulator, tmp_pa
     assert stat.S_IMODE(os.stat(checkpoint).st_mode) == 0o600
 
 
+@pytest.mark.slow
 def test_a_symlink_planted_before_a_resume_is_refused_before_sending(
     emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -519,6 +541,7 @@ def test_a_symlink_planted_before_a_resume_is_refused_before_sending(
     assert target.read_text() == "keep me\n"
 
 
+@pytest.mark.slow
 def test_jsonl_with_a_byte_order_mark_and_crlf(emu: Emulator, tmp_path: Path) -> None:
     source = tmp_path / "e.jsonl"
     lines = [json.dumps({"name": "A", "user": {"userId": str(i)}}) for i in range(3)]

@@ -49,6 +49,7 @@ def usage_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
 # -- identifiers are text ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("user_id", ["42", "1e3", "12345678901234567890123", "007", "true"])
 def test_user_ids_on_the_command_line_are_strings(emu: Emulator, user_id: str) -> None:
     assert (
@@ -63,6 +64,7 @@ def test_user_ids_on_the_command_line_are_strings(emu: Emulator, user_id: str) -
     assert second["previousUserId"] == user_id
 
 
+@pytest.mark.slow
 def test_properties_keep_their_json_values(emu: Emulator) -> None:
     args = ["--prop", "n=3", "--prop", "ok=true", "--prop", "x=NaN", "--prop", "s=text"]
     assert main(cli(emu, "send", "track", "E", "--user-id", "1", *args)) == 0
@@ -131,6 +133,7 @@ def test_values_in_errors_are_shortened_and_escaped(capsys: pytest.CaptureFixtur
     assert len(err) < 200
 
 
+@pytest.mark.slow
 def test_tracebacks_only_with_verbose(tmp_path: Path) -> None:
     source = tmp_path / "e.jsonl"
     source.write_text('{"name": "A", "user": {"userId": "1"}}\n')
@@ -189,6 +192,7 @@ def test_send_alias_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--concurrency" not in out
 
 
+@pytest.mark.slow
 def test_the_emulator_without_its_extra_is_one_line() -> None:
     code = (
         "import sys; sys.modules['uvicorn'] = None; "
@@ -207,6 +211,7 @@ def test_the_emulator_without_its_extra_is_one_line() -> None:
         assert "pip install 'encharge-async[emulator]'" in result.stderr
 
 
+@pytest.mark.slow
 def test_demo_requests_are_what_it_sends(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--users", "300", "--requests", "20"]) == 0
     out = capsys.readouterr().out
@@ -217,6 +222,7 @@ def test_demo_requests_are_what_it_sends(capsys: pytest.CaptureFixture[str]) -> 
 # -- the write key from a file -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_write_key_file(emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(f"  {KEY}\n\n")
@@ -234,6 +240,7 @@ def test_write_key_file(emu: Emulator, tmp_path: Path, capsys: pytest.CaptureFix
     assert err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_write_key_file_from_stdin_and_for_import(emu: Emulator, tmp_path: Path) -> None:
     send = run_cli(
         "send",
@@ -264,6 +271,7 @@ def test_write_key_file_from_stdin_and_for_import(emu: Emulator, tmp_path: Path)
     assert len(emu.events) == 2
 
 
+@pytest.mark.slow
 def test_a_wrong_key_from_a_file_is_not_echoed(emu: Emulator, tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text("wrong-key-do-not-print\n")

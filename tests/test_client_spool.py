@@ -46,6 +46,7 @@ def order_by_person(bodies: list[dict[str, Any]]) -> dict[str, list[int]]:
     return seen
 
 
+@pytest.mark.slow
 async def test_a_full_queue_spills_to_the_spool_instead_of_dropping(
     make_client: ClientFactory, held: EnchargeRecorder, tmp_path: Path
 ) -> None:
@@ -78,6 +79,7 @@ async def test_a_full_queue_spills_to_the_spool_instead_of_dropping(
         assert sequence == sorted(sequence)  # per-person order through memory and disk
 
 
+@pytest.mark.slow
 async def test_shutdown_keeps_undelivered_events_for_the_next_start(
     make_client: ClientFactory, held: EnchargeRecorder, tmp_path: Path
 ) -> None:
@@ -104,6 +106,7 @@ async def test_shutdown_keeps_undelivered_events_for_the_next_start(
     assert resumed.stats.spooled == 0
 
 
+@pytest.mark.slow
 async def test_outage_moves_new_events_to_disk_and_resumes_after(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:
@@ -162,6 +165,7 @@ async def test_always_mode_makes_track_durable_before_it_returns(
     assert [b["properties"]["n"] for b in held.bodies] == list(range(5))
 
 
+@pytest.mark.slow
 async def test_expired_events_are_reported_as_dropped(
     held: EnchargeRecorder, tmp_path: Path
 ) -> None:
@@ -185,6 +189,7 @@ async def test_expired_events_are_reported_as_dropped(
     assert recorder.names() == ["New"]
 
 
+@pytest.mark.slow
 async def test_a_locked_spool_is_a_clear_error_at_start(tmp_path: Path) -> None:
     path = tmp_path / "s.spool"
     async with AsyncEncharge(WRITE_KEY, transport=httpx.MockTransport(Recorder()), spool=path):
@@ -221,6 +226,7 @@ def test_spool_configuration_errors() -> None:
         AsyncEncharge(WRITE_KEY, spool="x", spool_after=0)
 
 
+@pytest.mark.slow
 async def test_waiters_of_events_kept_in_the_spool_are_told(
     make_client: ClientFactory, held: EnchargeRecorder, tmp_path: Path
 ) -> None:
@@ -305,6 +311,7 @@ def test_kill_9_loses_nothing_acknowledged_in_always_mode(tmp_path: Path) -> Non
     assert json.dumps(delivered)  # well-formed ids
 
 
+@pytest.mark.slow
 async def test_tampered_spool_rows_never_reach_the_wire(tmp_path: Path) -> None:
     """A spool file is data from disk, not trusted: a message id with CR/LF must not become
     request headers, and a body that is not an event must not be sent. Both are removed."""
@@ -390,6 +397,7 @@ async def test_a_failing_spool_never_hands_hooks_an_emptied_event(
     assert order_by_person(held.bodies)["p"] == list(range(11))
 
 
+@pytest.mark.slow
 async def test_flush_delivers_what_an_earlier_process_left(
     make_client: ClientFactory, held: EnchargeRecorder, tmp_path: Path
 ) -> None:
@@ -409,6 +417,7 @@ async def test_flush_delivers_what_an_earlier_process_left(
     assert sorted(b["properties"]["n"] for b in recorder.bodies) == list(range(30))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["overflow", "always"])
 @pytest.mark.parametrize("otel", [False, True], ids=["plain", "otel"])
 async def test_a_restart_during_an_outage_retries_resumed_events(
@@ -465,6 +474,7 @@ async def test_a_restart_during_an_outage_retries_resumed_events(
     assert client.stats.spooled == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["overflow", "always"])
 async def test_each_event_counts_once_through_an_outage_a_restart_and_the_resume(
     tmp_path: Path, mode: str

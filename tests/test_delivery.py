@@ -44,6 +44,7 @@ async def test_sending_starts_without_flush(make_client: ClientFactory, recorder
     await client.aclose()
 
 
+@pytest.mark.slow
 async def test_concurrency_is_bounded_and_used(make_client: ClientFactory) -> None:
     active = peak = 0
 
@@ -64,6 +65,7 @@ async def test_concurrency_is_bounded_and_used(make_client: ClientFactory) -> No
     assert peak == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
 async def test_retryable_statuses_are_retried_with_the_same_idempotency_key(
     make_client: ClientFactory, status: int
@@ -91,6 +93,7 @@ async def test_retryable_statuses_are_retried_with_the_same_idempotency_key(
         OSError("name resolution failed"),
     ],
 )
+@pytest.mark.slow
 async def test_transport_errors_are_retried(make_client: ClientFactory, error: Exception) -> None:
     calls = 0
 
@@ -124,6 +127,7 @@ async def test_a_request_over_timeout_is_abandoned_and_retried(make_client: Clie
     assert client.stats.delivered == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422, 301])
 async def test_other_statuses_are_permanent(make_client: ClientFactory, status: int) -> None:
     errors: list[DeliveryError] = []
@@ -143,6 +147,7 @@ async def test_other_statuses_are_permanent(make_client: ClientFactory, status: 
     assert f"HTTP {status}" in str(error)
 
 
+@pytest.mark.slow
 async def test_wait_true_raises_delivery_error(make_client: ClientFactory) -> None:
     recorder = Recorder(
         lambda request: httpx.Response(401, json={"error": f"Invalid key {WRITE_KEY}"})
@@ -197,6 +202,7 @@ async def test_default_backoff_is_full_jitter_exponential() -> None:
         assert max(delays) > ceiling / 2  # jitter spreads over the window
 
 
+@pytest.mark.slow
 async def test_retry_after_is_honoured(make_client: ClientFactory) -> None:
     times: list[float] = []
 
@@ -211,6 +217,7 @@ async def test_retry_after_is_honoured(make_client: ClientFactory) -> None:
     assert times[1] - times[0] >= 0.29
 
 
+@pytest.mark.slow
 async def test_429_pauses_every_sender(make_client: ClientFactory) -> None:
     log: list[tuple[float, str]] = []
 
@@ -234,6 +241,7 @@ async def test_429_pauses_every_sender(make_client: ClientFactory) -> None:
     )
 
 
+@pytest.mark.slow
 async def test_unexpected_transport_exception_fails_the_event_not_the_worker(
     make_client: ClientFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -296,6 +304,7 @@ async def test_large_error_bodies_are_truncated(make_client: ClientFactory) -> N
     assert info.value.body == "x" * 500 + "..."
 
 
+@pytest.mark.slow
 async def test_wait_true_times_out_without_losing_the_event(
     make_client: ClientFactory, held: EnchargeRecorder
 ) -> None:
@@ -369,6 +378,7 @@ async def test_logs_are_quiet_by_default_and_never_hold_payloads(
     assert record.attempt == 3  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("timeout", [-1, "x", float("nan"), float("inf")])
 async def test_bad_flush_and_aclose_timeouts_are_validation_errors(
     make_client: ClientFactory, timeout: Any

@@ -422,6 +422,7 @@ def run_app_block(block: Block, emulator: EmulatorThread) -> None:
     ],
     ids=lambda block: block.id,
 )
+@pytest.mark.slow
 def test_block(block: Block, request: pytest.FixtureRequest) -> None:
     if block.mode == "skip":
         pytest.skip(block.arg)
@@ -562,6 +563,7 @@ def test_the_configuration_table_lists_every_keyword_with_its_default() -> None:
         assert set(per_call) <= set(inspect.signature(method).parameters), method
 
 
+@pytest.mark.slow
 def test_the_reference_documents_every_public_name() -> None:
     import encharge_async
 

@@ -111,6 +111,7 @@ async def test_returns_message_id_sent_as_idempotency_key(
     assert sorted(r.headers["idempotency-key"] for r in recorder.requests) == sorted(ids)
 
 
+@pytest.mark.slow
 async def test_rich_values_become_json(
     make_client: ClientFactory, recorder: Recorder, serialiser: str
 ) -> None:

@@ -288,6 +288,7 @@ async def test_a_reused_connection_that_answered_in_part_is_not_retried() -> Non
     assert len(server.requests) == 2
 
 
+@pytest.mark.slow
 async def test_an_error_body_of_endless_tiny_chunks_is_cut_short() -> None:
     head = b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\nKeep-Alive: max=5\r\n\r\n"
     async with scripted(reply(head, *[b"1;e\r\nx\r\n" * 1000] * 40), reply(OK)) as server:
@@ -329,6 +330,7 @@ async def test_a_large_error_body_is_truncated_and_the_connection_closed() -> No
     ],
     ids=["stalls", "cut", "reset", "bad-chunk-size", "bad-chunk-end", "endless-chunks", "large"],
 )
+@pytest.mark.slow
 async def test_a_2xx_counts_on_its_head_whatever_its_body_does(parts: list[bytes]) -> None:
     if parts[-1] in (b"CLOSE", b"RESET"):
         script = reply(*parts[:-1], close=True, rst=parts[-1] == b"RESET")
@@ -369,6 +371,7 @@ async def test_a_2xx_counts_on_its_head_whatever_its_body_does(parts: list[bytes
         (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000, "large|long"),
     ],
 )
+@pytest.mark.slow
 async def test_protocol_errors_are_remote_protocol_errors(response: bytes, error: str) -> None:
     async with scripted(reply(response), reply(OK)) as server:
         transport = transport_for(server)
@@ -392,6 +395,7 @@ async def test_a_connection_cut_before_the_head_is_a_transport_error(partial: by
         await transport.aclose()
 
 
+@pytest.mark.slow
 async def test_no_answer_times_out_and_the_connection_is_dropped() -> None:
     async with scripted(reply(b"HTTP/1.1 200 OK\r\n"), reply(OK)) as server:
         transport = transport_for(server, timeout=0.2)
@@ -402,6 +406,7 @@ async def test_no_answer_times_out_and_the_connection_is_dropped() -> None:
     assert server.connections == 2
 
 
+@pytest.mark.slow
 async def test_an_error_body_that_stalls_is_returned_at_the_timeout() -> None:
     head = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 100\r\n\r\n"
     async with scripted(reply(head, b'{"error":'), reply(OK)) as server:
@@ -484,6 +489,7 @@ def trusting(authority: trustme.CA) -> ssl.SSLContext:
     return context
 
 
+@pytest.mark.slow
 async def test_tls_certificates_are_verified_and_alpn_offered(authority: trustme.CA) -> None:
     alpn: list[str | None] = []
 
@@ -750,6 +756,7 @@ async def test_a_misbehaving_proxy_is_a_proxy_error(answer: Script, error: str) 
         await transport.aclose()
 
 
+@pytest.mark.slow
 async def test_a_proxy_that_never_answers_is_a_connect_timeout() -> None:
     async with scripted(reply(), reply()) as proxy:  # reads CONNECT, then waits for more
         proxy_url = proxy.url.removesuffix("/v1/")
@@ -939,6 +946,7 @@ STRICTER_LLHTTP = {"cl-list"}
 LAXER_LLHTTP = {"space-before-extension", "lf-after-chunk-data"}
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(framing=framings(), split=st.integers(0, 400))
 def test_the_parser_agrees_with_h11(framing: tuple[bytes, set[str]], split: int) -> None:

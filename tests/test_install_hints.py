@@ -16,6 +16,7 @@ import pytest
         ("encharge_async.integrations.starlette", "starlette", "pip install starlette"),
     ],
 )
+@pytest.mark.slow
 def test_optional_imports_name_their_extra(module: str, missing: str, hint: str) -> None:
     # A module set to None in sys.modules cannot be imported: as if it were not installed.
     code = (

@@ -80,6 +80,7 @@ async def test_a_client_instance_opens_once() -> None:
         await server.close()
 
 
+@pytest.mark.slow
 async def test_the_default_client_comes_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -176,6 +176,7 @@ def test_client_and_options_are_exclusive() -> None:
     client.close()
 
 
+@pytest.mark.slow
 def test_the_signals_close_the_client() -> None:
     from celery.signals import worker_process_shutdown, worker_shutdown
 

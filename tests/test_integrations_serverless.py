@@ -71,6 +71,7 @@ def test_a_sync_handler_returns_once_its_events_are_delivered(
     assert len(recorder.events) == 20  # delivered before the handler returned
 
 
+@pytest.mark.slow
 def test_a_raising_handler_flushes_too(encharge: Encharge, recorder: EnchargeRecorder) -> None:
     @flush_after(encharge)
     def handler(event: dict[str, Any], context: object) -> None:
@@ -82,6 +83,7 @@ def test_a_raising_handler_flushes_too(encharge: Encharge, recorder: EnchargeRec
     assert len(recorder.events) == 1
 
 
+@pytest.mark.slow
 def test_the_flush_ends_before_the_invocation_deadline(caplog: pytest.LogCaptureFixture) -> None:
     held = Held()
     client = Encharge(WRITE_KEY, endpoint=ENDPOINT, transport=held)

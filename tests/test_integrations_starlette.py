@@ -105,6 +105,7 @@ async def signups(http: httpx.AsyncClient, count: int) -> list[str]:
     return ids
 
 
+@pytest.mark.slow
 async def test_starlette_lifespan_drains_the_client_on_shutdown() -> None:
     async def slow(request: httpx.Request) -> httpx.Response:
         await anyio.sleep(0.2)  # still in flight when the app shuts down
@@ -150,6 +151,7 @@ async def test_starlette_lifespan_wraps_the_apps_own() -> None:
     assert steps == ["startup", "shutdown"] * 2
 
 
+@pytest.mark.slow
 async def test_an_undecorated_async_generator_lifespan() -> None:
     async def own(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         yield {"greeting": "hi"}
@@ -214,6 +216,7 @@ async def test_get_encharge_without_the_lifespan_is_a_clear_error() -> None:
             await http.post("/signup", params={"email": "jon@example.com"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the emulator runs on asyncio
 async def test_example_app_against_the_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
     module = load_example("fastapi_app")

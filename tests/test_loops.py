@@ -58,6 +58,7 @@ def test_one_client_two_event_loops() -> None:
     assert len(recorder.requests) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_nowait_from_a_worker_thread(make_client: ClientFactory, recorder: Recorder) -> None:
     async with make_client() as client:
@@ -177,6 +178,7 @@ async def test_thread_call_racing_shutdown_is_counted(make_client: ClientFactory
 
 
 # The loop is closed under an open client on purpose: its worker tasks die unawaited.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
 def test_thread_call_after_the_loop_stopped() -> None:
@@ -193,6 +195,7 @@ def test_thread_call_after_the_loop_stopped() -> None:
 
 
 # The loop is closed under an open client, its tasks never cancelled: they die unawaited.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
 def test_same_thread_call_after_the_loop_was_closed_without_cancelling() -> None:
@@ -207,6 +210,7 @@ def test_same_thread_call_after_the_loop_was_closed_without_cancelling() -> None
     gc.collect()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_starts_clean() -> None:
     recorder = Recorder()

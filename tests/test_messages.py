@@ -65,6 +65,7 @@ def _peak_while(call: Any) -> tuple[int, BaseException]:
         "many items beside a Decimal",
     ],
 )
+@pytest.mark.slow
 @pytest.mark.usefixtures("serialiser")
 def test_an_oversized_value_is_refused_before_serialising(where: str) -> None:
     """Refusing a 64 MiB value costs a small fraction of it: no copy, no serialisation."""
@@ -111,6 +112,7 @@ def test_the_refusal_says_at_least_how_large() -> None:
         build_track("E", None, "1", None, {"a": "\n" * 600}, None, 1000)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("serialiser")
 def test_values_that_take_the_careful_path_still_serialise() -> None:
     """Non-plain values (subclasses, NaN-free floats, tuples, deep lists) keep working."""
@@ -247,6 +249,7 @@ class _RawServer:
         await self.server.wait_closed()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.parametrize("kind", list(_echoes()))
 @pytest.mark.parametrize("transport", ["lean", "httpx"])

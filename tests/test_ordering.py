@@ -25,6 +25,7 @@ def person_of(request: httpx.Request) -> str:
     return str(body["user"].get("userId") or body["user"].get("email"))
 
 
+@pytest.mark.slow
 async def test_each_persons_events_arrive_in_order_under_random_latency(
     make_client: ClientFactory,
 ) -> None:
@@ -227,6 +228,7 @@ _emails = st.builds(
     previous_user_id=st.none() | _ids,
     object_id=st.none() | _ids,
 )
+@pytest.mark.slow
 def test_live_and_spooled_events_of_a_person_share_their_lanes(
     kind: str,
     email: str | None,
@@ -271,6 +273,7 @@ def test_live_and_spooled_events_of_a_person_share_their_lanes(
     assert restored.ordering_keys == stored.keys
 
 
+@pytest.mark.slow
 async def test_the_queue_order_stays_bounded_behind_a_stuck_head(
     make_client: ClientFactory,
 ) -> None:

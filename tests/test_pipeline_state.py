@@ -321,4 +321,4 @@ PipelineMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-test_pipeline_state_machine = PipelineMachine.TestCase
+test_pipeline_state_machine = pytest.mark.slow(PipelineMachine.TestCase)

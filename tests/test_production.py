@@ -135,6 +135,7 @@ async def test_drops_at_a_full_queue_are_counted_on_stderr() -> None:
     assert len(counts) <= 2
 
 
+@pytest.mark.slow
 async def test_a_client_collected_while_open_warns() -> None:
     def start_and_abandon() -> None:
         async def main() -> None:

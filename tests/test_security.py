@@ -16,6 +16,7 @@ from .conftest import WRITE_KEY, ClientFactory, Recorder, wait_until
 pytestmark = pytest.mark.anyio
 
 
+@pytest.mark.slow
 async def test_write_key_never_leaks_with_debug_logging(
     make_client: ClientFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

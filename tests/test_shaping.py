@@ -73,6 +73,7 @@ async def test_before_send_result_is_validated(make_client: ClientFactory) -> No
     assert client.stats.enqueued == 0
 
 
+@pytest.mark.slow
 async def test_before_send_errors_reach_the_caller_chained(make_client: ClientFactory) -> None:
     def broken(event: dict[str, Any]) -> dict[str, Any]:
         raise KeyError("oops")
@@ -225,6 +226,7 @@ async def test_the_fakes_apply_the_same_options() -> None:
         await encharge.assert_not_tracked("Internal")
 
 
+@pytest.mark.slow
 async def test_a_filtered_event_still_checks_the_callers_message_id(
     make_client: ClientFactory,
 ) -> None:

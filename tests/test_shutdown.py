@@ -24,6 +24,7 @@ async def test_aclose_drains_the_queue(make_client: ClientFactory, recorder: Rec
     assert len(recorder.requests) == 200
 
 
+@pytest.mark.slow
 async def test_shutdown_deadline_drops_and_reports_the_rest(
     make_client: ClientFactory, held: EnchargeRecorder
 ) -> None:
@@ -47,6 +48,7 @@ async def test_shutdown_deadline_drops_and_reports_the_rest(
     assert (stats.enqueued, stats.dropped, stats.queued, stats.in_flight) == (50, 50, 0, 0)
 
 
+@pytest.mark.slow
 async def test_backoff_sleeps_are_cut_short_on_shutdown(make_client: ClientFactory) -> None:
     # Fails, is parked for 60 s; at aclose() it is retried at once, fails again, and gets
     # one last attempt before the deadline instead of another 60 s. That last attempt is due
@@ -150,6 +152,7 @@ async def test_a_failing_transport_close_is_logged_not_raised(
     assert any("closing the HTTP transport failed" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 async def test_blocked_callers_are_released_when_closing(
     make_client: ClientFactory, held: EnchargeRecorder
 ) -> None:
@@ -178,6 +181,7 @@ async def test_blocked_callers_are_released_when_closing(
     assert len(outcome) == 1
 
 
+@pytest.mark.slow
 async def test_waiters_learn_their_event_was_dropped_at_shutdown(
     make_client: ClientFactory, held: EnchargeRecorder
 ) -> None:
@@ -213,6 +217,7 @@ async def test_flush_reports_pending_on_timeout(
         assert result.complete
 
 
+@pytest.mark.slow
 async def test_flush_does_not_wait_for_later_events(make_client: ClientFactory) -> None:
     early_gate = anyio.Event()
     late_gate = anyio.Event()
@@ -248,6 +253,7 @@ async def test_aclose_timeout_overrides_shutdown_timeout(
     assert result.dropped == 1
 
 
+@pytest.mark.slow
 async def test_cancelled_aclose_still_reports_what_it_did(make_client: ClientFactory) -> None:
     release = anyio.Event()
 

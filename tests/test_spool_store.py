@@ -893,6 +893,7 @@ anyio.run(main, sys.argv[1], sys.argv[2])
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("synchronous", ["full", "normal"])
 async def test_appended_events_survive_kill_9(path: Path, synchronous: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -1080,6 +1081,7 @@ _ops = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=_ops)
 def test_the_store_behaves_like_a_bounded_ordered_dict(

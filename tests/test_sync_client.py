@@ -158,6 +158,7 @@ def test_validation_errors_are_raised_in_the_calling_thread(make: Make) -> None:
     assert client.stats.enqueued == 0
 
 
+@pytest.mark.slow
 def test_threads_hammering_one_client(make: Make, recorder: EnchargeRecorder) -> None:
     client = make(max_concurrency=8)
     threads, per_thread = 8, 150
@@ -222,6 +223,7 @@ def test_wait_true_raises_delivery_errors(make: Make, recorder: EnchargeRecorder
     assert client.stats.failed == 2
 
 
+@pytest.mark.slow
 def test_wait_true_times_out_and_close_cuts_the_drain_short(
     make: Make, held: EnchargeRecorder
 ) -> None:
@@ -302,6 +304,7 @@ def test_concurrent_closes_share_one_result(make: Make, held: EnchargeRecorder) 
     assert client.stats.delivered == 1
 
 
+@pytest.mark.slow
 def test_overflow_block_blocks_the_calling_thread(make: Make, held: EnchargeRecorder) -> None:
     client = make(transport=held, max_concurrency=1, max_queue_size=1, overflow="block")
     client.track("flying", user_id=1)
@@ -363,6 +366,7 @@ def test_hooks_run_on_the_client_thread_and_cannot_block_it(
     assert [e.message_id for e in recorder.events][1] == seen[1]
 
 
+@pytest.mark.slow
 def test_the_exit_handler_closes_started_clients(
     make: Make, recorder: EnchargeRecorder, held: EnchargeRecorder
 ) -> None:
@@ -396,6 +400,7 @@ def test_a_start_that_fails_is_reported_and_retried(
     assert _delivered(client) == 1
 
 
+@pytest.mark.slow
 def test_a_start_that_hangs_is_abandoned(
     make: Make, monkeypatch: pytest.MonkeyPatch, recorder: EnchargeRecorder
 ) -> None:
@@ -608,6 +613,7 @@ def test_calls_racing_the_end_of_the_loop(make: Make) -> None:
     assert client.flush() == FlushResult()
 
 
+@pytest.mark.slow
 def test_a_stuck_background_thread_is_reported(
     make: Make, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -684,6 +690,7 @@ async def test_exit_handler_can_open_connections_to_a_host_name() -> None:
         assert len(emulator.events) == 20
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.anyio
 async def test_a_fork_waits_for_a_client_that_is_starting(

@@ -35,6 +35,7 @@ async def _track_some(encharge: AsyncEncharge) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_fake_client_records_and_asserts_every_kind_of_call() -> None:
     async with FakeAsyncEncharge() as encharge:
@@ -209,6 +210,7 @@ def test_fail_next_validates_its_arguments() -> None:
         recorder.fail_next(500, attempts=0)
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_clear_forgets_requests_and_scripted_failures() -> None:
     async with FakeAsyncEncharge() as encharge:
@@ -222,6 +224,7 @@ async def test_clear_forgets_requests_and_scripted_failures() -> None:
     assert [(r.name, r.status) for r in encharge.recorder.requests] == [("After", 200)]
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_assertions_say_when_the_queue_did_not_drain() -> None:
     async with FakeAsyncEncharge(assert_timeout=0.05, shutdown_timeout=0.1) as encharge:
@@ -293,6 +296,7 @@ def test_captured_request_of_an_unusual_body() -> None:
     assert (captured.user, captured.properties, captured.message_id) == ({}, {}, "")
 
 
+@pytest.mark.slow
 def test_sync_fake_client() -> None:
     with FakeEncharge() as encharge:
         assert isinstance(encharge, Encharge)
@@ -315,6 +319,7 @@ def test_sync_fake_client() -> None:
             encharge.assert_tracked("Refused")
 
 
+@pytest.mark.slow
 def test_sync_fake_assertions_say_when_the_queue_did_not_drain() -> None:
     with FakeEncharge(assert_timeout=0.05, shutdown_timeout=0.1) as encharge:
         encharge.recorder.fail_next(503, attempts=1, headers={"Retry-After": "60"})

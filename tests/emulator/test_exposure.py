@@ -44,6 +44,7 @@ def test_on_loopback_dev_and_no_token_are_fine(host: str) -> None:
     assert Emulator(write_key="dev", host=host).running is False
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_bound_to_every_interface_it_shows_its_addresses_and_guards_inspection() -> None:
     emulator = Emulator(write_key=KEY, host="0.0.0.0", inspect_token=TOKEN)
@@ -76,6 +77,7 @@ async def test_bound_to_every_interface_it_shows_its_addresses_and_guards_inspec
         assert TOKEN not in repr(emu)
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_on_loopback_a_token_given_is_required_too() -> None:
     async with Emulator(write_key=KEY, inspect_token=TOKEN) as emu, httpx.AsyncClient() as client:
@@ -103,6 +105,7 @@ async def _raw(port: int, request: bytes) -> bytes:
         await writer.wait_closed()
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_only_the_host_names_it_serves_are_answered() -> None:
     async with Emulator(write_key=KEY) as emu, httpx.AsyncClient(timeout=5) as client:
@@ -124,6 +127,7 @@ async def test_only_the_host_names_it_serves_are_answered() -> None:
         assert answer.startswith(b"HTTP/1.1 400"), answer[:40]
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_a_page_from_elsewhere_cannot_reset_or_post() -> None:
     # A web page can make the browser POST to http://127.0.0.1:PORT/ (the Host is then
@@ -144,6 +148,7 @@ async def test_a_page_from_elsewhere_cannot_reset_or_post() -> None:
         assert emu.stats.accepted == 0
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_more_host_names_can_be_allowed() -> None:
     named = Emulator(write_key=KEY, allowed_hosts=["Emulator.Test"])
@@ -158,6 +163,7 @@ async def test_more_host_names_can_be_allowed() -> None:
         assert (await client.post(emu.url, json=EVENT, headers=headers)).status_code == 200
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_bound_to_every_interface_its_own_addresses_are_answered() -> None:
     exposed = Emulator(write_key=KEY, host="0.0.0.0", inspect_token=TOKEN)
@@ -174,6 +180,7 @@ async def test_bound_to_every_interface_its_own_addresses_are_answered() -> None
 # -- bounded memory --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_records_are_bounded_the_oldest_go_and_are_counted() -> None:
     bounded = Emulator(write_key=KEY, max_events=3, max_rejected=2)
@@ -194,6 +201,7 @@ async def test_records_are_bounded_the_oldest_go_and_are_counted() -> None:
         assert len(emu.people) == 5  # the model still saw every event
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_event_bytes_are_bounded_too() -> None:
     event = {"name": "Paid", "user": {"email": "a@b.c", "note": "x" * 400}}
@@ -207,6 +215,7 @@ async def test_event_bytes_are_bounded_too() -> None:
         assert emu.stats.events_dropped == 2
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_a_rejected_body_keeps_only_a_small_prefix() -> None:
     big = json.dumps({"name": "Paid", "user": {"email": "a@b.c"}, "pad": "x" * 500_000})
@@ -262,6 +271,7 @@ def test_the_command_refuses_to_expose_a_guessable_key_or_open_inspection(
     assert TOKEN not in line
 
 
+@pytest.mark.slow
 def test_the_command_off_loopback_prints_its_addresses_and_a_warning() -> None:
     env = {
         **os.environ,

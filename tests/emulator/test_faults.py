@@ -106,6 +106,7 @@ async def test_rate_limit_token_bucket(emu: Emulator, post: Post):
     assert len(emu.events) == 3
 
 
+@pytest.mark.slow
 async def test_max_in_flight_refuses_requests_beyond_the_cap_at_once(emu: Emulator, post: Post):
     emu.faults.max_in_flight = 2
     emu.faults.latency = 0.5  # the first two are in hand meanwhile
@@ -196,6 +197,7 @@ async def test_faulted_answers_come_before_the_write_key_check(emu: Emulator, po
     assert (await post(EVENT, key=None)).status_code == 503
 
 
+@pytest.mark.slow
 async def test_slow_body_stalls_until_the_client_times_out(emu: Emulator, post: Post):
     emu.faults.slow_body = 30.0
     with pytest.raises(httpx.ReadTimeout):
@@ -225,6 +227,7 @@ async def test_faults_change_while_running(emu: Emulator, post: Post):
     assert (await post(EVENT)).status_code == 200
 
 
+@pytest.mark.slow
 async def test_fault_keywords_and_faults_object(client: httpx.AsyncClient):
     base = Faults(error_rate=1.0, retry_after=3)
     emu = Emulator(
@@ -379,6 +382,7 @@ async def test_a_cut_waits_for_the_disconnect_only_so_long(monkeypatch: pytest.M
     assert sent == []
 
 
+@pytest.mark.slow
 async def test_a_client_that_leaves_mid_body_is_not_recorded():
     app = _app(Faults())
 

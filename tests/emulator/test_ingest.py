@@ -56,6 +56,7 @@ async def test_accepts_a_charset_parameter(post: Post):
     assert response.status_code == 200
 
 
+@pytest.mark.slow
 async def test_accepts_any_of_several_write_keys(client: httpx.AsyncClient):
     async with Emulator(write_key="a", write_keys=["b", "c"]) as emu:
         for key in ("a", "b", "c"):
@@ -112,6 +113,7 @@ async def test_refuses_invalid_json(emu: Emulator, post: Post, content: bytes):
     assert emu.rejected[0].body is None
 
 
+@pytest.mark.slow
 async def test_refuses_a_body_larger_than_the_limit(client: httpx.AsyncClient):
     async with Emulator(write_key=KEY, max_body_bytes=64) as emu:
         headers = {"X-Encharge-Token": KEY, "Content-Type": "application/json"}
@@ -135,6 +137,7 @@ async def test_refuses_a_body_larger_than_the_limit(client: httpx.AsyncClient):
         assert emu.rejected[0].body is None
 
 
+@pytest.mark.slow
 async def test_a_body_exactly_at_the_limit_is_read(client: httpx.AsyncClient):
     body = json.dumps({"name": "x", "user": {"email": "a@b.c"}}).encode()
     async with Emulator(write_key=KEY, max_body_bytes=len(body)) as emu:
@@ -317,6 +320,7 @@ async def test_reset_forgets_everything(emu: Emulator, post: Post):
     assert [(r.seq, r.duplicate) for r in emu.events] == [(1, False)]
 
 
+@pytest.mark.slow
 async def test_the_write_key_is_never_recorded(emu: Emulator, post: Post):
     await post(SIGNUP)
     await post(SIGNUP, key="some-other-secret")

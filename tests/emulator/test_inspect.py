@@ -137,6 +137,7 @@ async def test_every_list_view_pages_with_limit_and_after(
         assert pages[-1]["next"] is pages[-1]["next_after"] is None
 
 
+@pytest.mark.slow
 async def test_a_page_is_bounded_by_default_and_by_a_hard_maximum(
     emu: Emulator, post: Post, client: httpx.AsyncClient
 ):
@@ -156,6 +157,7 @@ async def test_a_page_is_bounded_by_default_and_by_a_hard_maximum(
         assert "from" in response.json()["error"]
 
 
+@pytest.mark.slow
 async def test_reset_endpoint_clears_what_was_recorded(
     emu: Emulator, post: Post, client: httpx.AsyncClient
 ):

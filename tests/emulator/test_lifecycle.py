@@ -31,6 +31,7 @@ def _other_tasks() -> set[asyncio.Task[Any]]:
     return asyncio.all_tasks() - {asyncio.current_task()}
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_start_and_stop_leave_signals_and_tasks_as_they_were():
     handlers, tasks = _signals(), _other_tasks()
@@ -71,6 +72,7 @@ async def test_restart_keeps_what_was_received():
     assert len(emu.events) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_stop_is_bounded_with_a_stalled_slow_body_request_open():
     tasks = _other_tasks()
@@ -87,6 +89,7 @@ async def test_stop_is_bounded_with_a_stalled_slow_body_request_open():
     assert _other_tasks() == tasks
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_stop_is_bounded_with_a_stalled_upload_open():
     # A client that sends headers but never the whole body: only force gets rid of it.
@@ -125,6 +128,7 @@ class _StubbornServer:
         self.server_state = type("State", (), {"tasks": {task}, "connections": set()})()
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_stop_cancels_a_server_that_will_not_exit(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(server_module, "_FORCE_GRACE", 0.05)
@@ -155,6 +159,7 @@ async def test_stop_reraises_what_the_server_died_of():
         await asyncio.wait_for(handle.stop(1), 5)
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_abort_without_a_client_address_is_refused():
     async with Emulator(write_key=KEY) as emu:

@@ -226,6 +226,7 @@ async def test_person_lookup_needs_exactly_one_identifier():
     assert model.person(user_id=True) is None  # a boolean is not the userId 1
 
 
+@pytest.mark.slow
 async def test_objects_can_be_filtered_by_type():
     model = PeopleModel()
     model.apply({"type": "group", "objectType": "company"}, 1)

@@ -50,6 +50,7 @@ def test_they_were_stopped():
 """
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_fixture_yields_a_running_emulator(encharge_emulator: Emulator):
     assert encharge_emulator.running

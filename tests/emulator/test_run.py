@@ -41,6 +41,7 @@ def _signals() -> dict[int, Any]:
     return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
+@pytest.mark.slow
 def test_run_emulator_serves_until_sigint_then_restores_signals():
     handlers = _signals()
     log = _Log()
