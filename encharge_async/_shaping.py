@@ -40,7 +40,8 @@ class _Filtered(Exception):
 
 
 class EventShaper:
-    """Builds events through `default_properties` and `before_send`."""
+    """Builds events through `default_properties` and `before_send`: `track` with either,
+    the other kinds only with `before_send` (`EventBuilders` calls the builders otherwise)."""
 
     def __init__(
         self,
@@ -101,10 +102,6 @@ class EventShaper:
         max_bytes: int,
         message_id: str | None = None,
     ) -> Entry:
-        if self._before_send is None:
-            return build_identify(
-                email=email, user_id=user_id, user=user, max_bytes=max_bytes, message_id=message_id
-            )
         wire = {"name": "identify", "user": _raw_person(user, email, user_id)}
         return self._shaped(wire, message_id)
 
@@ -118,15 +115,6 @@ class EventShaper:
         max_bytes: int,
         message_id: str | None = None,
     ) -> Entry:
-        if self._before_send is None:
-            return build_alias(
-                previous_email=previous_email,
-                previous_user_id=previous_user_id,
-                email=email,
-                user_id=user_id,
-                max_bytes=max_bytes,
-                message_id=message_id,
-            )
         wire: dict[str, Any] = {"type": "alias", "user": _raw_person(None, email, user_id)}
         if previous_email is not None:
             wire["previousEmail"] = previous_email
@@ -145,16 +133,6 @@ class EventShaper:
         max_bytes: int,
         message_id: str | None = None,
     ) -> Entry:
-        if self._before_send is None:
-            return build_group(
-                object_type,
-                properties,
-                email=email,
-                user_id=user_id,
-                user=user,
-                max_bytes=max_bytes,
-                message_id=message_id,
-            )
         wire: dict[str, Any] = {"type": "group", "objectType": object_type}
         wire["properties"] = dict(properties) if isinstance(properties, Mapping) else properties
         if user is not None or email is not None or user_id is not None:
@@ -285,6 +263,8 @@ class EventBuilders:
     def __init__(self, config: Config) -> None:
         shaper = EventShaper.for_config(config)
         self.track = build_track if shaper is None else shaper.track
-        self.identify = build_identify if shaper is None else shaper.identify
-        self.alias = build_alias if shaper is None else shaper.alias
-        self.group = build_group if shaper is None else shaper.group
+        # default_properties shapes only track events; the other kinds need before_send.
+        hooked = shaper if config.before_send is not None else None
+        self.identify = build_identify if hooked is None else hooked.identify
+        self.alias = build_alias if hooked is None else hooked.alias
+        self.group = build_group if hooked is None else hooked.group
