@@ -142,12 +142,11 @@ class AsyncEncharge:
         self._max_event_bytes = config.max_event_bytes
         self._never_blocks = config.never_blocks
         self._build = EventBuilders(config)
-        self._lifecycle = Lifecycle(config, self._attach)
+        self._lifecycle = Lifecycle(config)
 
-    def _attach(self, pipeline: Pipeline) -> None:
-        """The lifecycle's pipeline (a fresh one in a forked child), and its hot-path door."""
-        self._pipeline = pipeline
-        self._put = pipeline.intake.put_nowait
+    @property
+    def _pipeline(self) -> Pipeline:
+        return self._lifecycle.pipeline  # a fresh one in a forked child
 
     # -- public API ------------------------------------------------------------------------
 
@@ -223,7 +222,7 @@ class AsyncEncharge:
             name, email, user_id, user, properties, source_ip, self._max_event_bytes, message_id
         )
         if not wait and self._never_blocks and timeout is None:
-            self._put(event)  # the common case, without a second coroutine
+            self._lifecycle.put_nowait(event)  # the common case, without a second coroutine
             return event.message_id
         return await self._lifecycle.submit(event, wait, timeout)
 
@@ -249,7 +248,7 @@ class AsyncEncharge:
             message_id=message_id,
         )
         if not wait and self._never_blocks and timeout is None:
-            self._put(event)  # the common case, without a second coroutine
+            self._lifecycle.put_nowait(event)  # the common case, without a second coroutine
             return event.message_id
         return await self._lifecycle.submit(event, wait, timeout)
 
@@ -278,7 +277,7 @@ class AsyncEncharge:
             message_id=message_id,
         )
         if not wait and self._never_blocks and timeout is None:
-            self._put(event)  # the common case, without a second coroutine
+            self._lifecycle.put_nowait(event)  # the common case, without a second coroutine
             return event.message_id
         return await self._lifecycle.submit(event, wait, timeout)
 
@@ -310,7 +309,7 @@ class AsyncEncharge:
             message_id=message_id,
         )
         if not wait and self._never_blocks and timeout is None:
-            self._put(event)  # the common case, without a second coroutine
+            self._lifecycle.put_nowait(event)  # the common case, without a second coroutine
             return event.message_id
         return await self._lifecycle.submit(event, wait, timeout)
 
@@ -339,7 +338,7 @@ class AsyncEncharge:
         event = self._build.track(
             name, email, user_id, user, properties, source_ip, self._max_event_bytes, message_id
         )
-        self._put(event)
+        self._lifecycle.put_nowait(event)
         return event.message_id
 
     def identify_nowait(
@@ -358,7 +357,7 @@ class AsyncEncharge:
             max_bytes=self._max_event_bytes,
             message_id=message_id,
         )
-        self._put(event)
+        self._lifecycle.put_nowait(event)
         return event.message_id
 
     def alias_nowait(
@@ -379,7 +378,7 @@ class AsyncEncharge:
             max_bytes=self._max_event_bytes,
             message_id=message_id,
         )
-        self._put(event)
+        self._lifecycle.put_nowait(event)
         return event.message_id
 
     def group_nowait(
@@ -402,7 +401,7 @@ class AsyncEncharge:
             max_bytes=self._max_event_bytes,
             message_id=message_id,
         )
-        self._put(event)
+        self._lifecycle.put_nowait(event)
         return event.message_id
 
     async def flush(self, timeout: float | None = None) -> FlushResult:

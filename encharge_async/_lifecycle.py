@@ -12,7 +12,6 @@ import enum
 import logging
 import os
 import weakref
-from collections.abc import Callable
 
 import anyio
 
@@ -38,12 +37,10 @@ class ClientState(enum.Enum):
 
 
 class Lifecycle:
-    """The state of one client and the pipeline it runs; `attach` receives each pipeline made
-    (at construction, and a fresh one in a forked child), for the facade's hot path."""
+    """The state of one client and the pipeline it runs (a fresh one in a forked child)."""
 
-    def __init__(self, config: Config, attach: Callable[[Pipeline], None]) -> None:
+    def __init__(self, config: Config) -> None:
         self._config = config
-        self._attach = attach
         self.state = ClientState.UNOPENED
         self._close_result: FlushResult | None = None
         self._closed: anyio.Event | None = None
@@ -52,10 +49,9 @@ class Lifecycle:
 
     def _new_pipeline(self) -> None:
         self.pipeline = Pipeline(self._config, self.enter)
-        # The door for events built elsewhere (the sync client builds them in its callers'
-        # threads): the intake's, rebound with each pipeline.
+        # The clients' door for the events they built (the async client on its loop, the
+        # sync one in its callers' threads): the intake's, rebound with each pipeline.
         self.put_nowait = self.pipeline.intake.put_nowait
-        self._attach(self.pipeline)
 
     @property
     def unclosed(self) -> bool:
